@@ -1,0 +1,35 @@
+# The two commands of the README:
+#   make demo   install everything (pinned) and run the local end-to-end demo
+#   make test   install everything (pinned) and run lint, type checks and the whole test suite
+# Both start from nothing but python3.11 on PATH; scripts/bootstrap.sh does the install.
+
+VENV := .venv
+BIN := $(VENV)/bin
+# The demo keeps its registry and BentoML store inside the checkout, not in $HOME.
+export MODELRAIL_REGISTRY ?= $(CURDIR)/.modelrail/registry
+export BENTOML_HOME ?= $(CURDIR)/.modelrail/bentoml
+# Offline by default (see DESIGN.md): no telemetry from onnxruntime or BentoML.
+export ORT_DISABLE_TELEMETRY := 1
+export BENTOML_DO_NOT_TRACK := true
+
+.PHONY: demo test test-quick lint install clean
+
+demo: install
+	$(BIN)/modelrail demo
+
+test: install lint
+	$(BIN)/pytest
+
+# The fast subset: everything but the end-to-end tests that start real servers.
+test-quick: install lint
+	$(BIN)/pytest -m "not slow"
+
+lint: install
+	$(BIN)/ruff check .
+	$(BIN)/mypy
+
+install:
+	@./scripts/bootstrap.sh
+
+clean:
+	rm -rf $(VENV) .modelrail .mypy_cache .pytest_cache .ruff_cache

@@ -1,0 +1,49 @@
+"""The `modelrail` command: argument parsing, error reporting and exit codes.
+
+Each command group lives in its own module (model.py, demo.py, …) exposing
+`add_parser(subparsers)`; handlers return an exit code. Errors derived from
+`ModelrailError` print as one actionable message and exit with that error's code:
+  0 ok · 1 unexpected failure · 2 invalid input or not found · 3 conversion error ·
+  4 parity gate failed · 5 version conflict · 6 integrity (sha256) mismatch
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Sequence
+
+from modelrail import __version__
+from modelrail.cli import demo, model
+from modelrail.errors import ModelrailError
+
+GROUPS = (model, demo)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="modelrail",
+        description="Ship scikit-learn models to production on Kubernetes.")
+    parser.add_argument("--version", action="version", version=f"modelrail {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    for group in GROUPS:
+        group.add_parser(sub)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        code: int = args.handler(args)
+    except ModelrailError as exc:
+        print(f"modelrail: error: {exc}", file=sys.stderr)
+        return exc.exit_code
+    except KeyboardInterrupt:
+        print("modelrail: interrupted", file=sys.stderr)
+        return 130
+    return code
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,90 @@
+"""Adapter to BentoML's model store: the only module of `models` that imports bentoml.
+
+Registering a model also saves it here under the pinned tag `name:version` (never
+`:latest`), holding `model.onnx` and `card.json`, so `bentoml build` can package an exact
+version. The store's location is BentoML's own (`BENTOML_HOME`, default ~/bentoml).
+"""
+
+from __future__ import annotations
+
+import hashlib
+from pathlib import Path
+
+import modelrail  # noqa: F401  # BENTOML_DO_NOT_TRACK before bentoml loads
+from modelrail.errors import ConflictError, IntegrityError, NotFoundError
+from modelrail.models.card import ModelCard
+
+ONNX_FILE = "model.onnx"
+CARD_FILE = "card.json"
+
+
+def tag_of(card: ModelCard) -> str:
+    return f"{card.name}:{card.version}"
+
+
+def save(card: ModelCard, onnx_bytes: bytes) -> str:
+    """Save (or confirm) the model under its pinned tag; returns the tag."""
+    import bentoml
+    from bentoml.exceptions import NotFound
+
+    tag = tag_of(card)
+    try:
+        existing = bentoml.models.get(tag)
+    except NotFound:
+        existing = None
+    if existing is not None:
+        stored = hashlib.sha256(Path(existing.path_of(ONNX_FILE)).read_bytes()).hexdigest()
+        if stored != card.sha256:
+            raise ConflictError(
+                f"BentoML's model store already holds {tag} with sha256 {stored}, "
+                f"not {card.sha256}", where=f"bentoml model {tag}",
+                accepted=f"a new version, or delete the stale copy: bentoml models delete {tag}")
+        return tag
+    with bentoml.models.create(
+        tag,
+        labels={"modelrail.sha256": card.sha256[:63], "task": card.task},
+        metadata={"sha256": card.sha256, "estimator": card.estimator,
+                  "source": "modelrail registry"},
+    ) as model:
+        Path(model.path_of(ONNX_FILE)).write_bytes(onnx_bytes)
+        Path(model.path_of(CARD_FILE)).write_text(card.model_dump_json(indent=2))
+    return tag
+
+
+def stored_sha256(tag: str) -> str | None:
+    """sha256 of the ONNX file BentoML holds under `tag`, or None if it holds none."""
+    import bentoml
+    from bentoml.exceptions import NotFound
+
+    try:
+        model = bentoml.models.get(tag)
+    except NotFound:
+        return None
+    path = Path(model.path_of(ONNX_FILE))
+    return hashlib.sha256(path.read_bytes()).hexdigest() if path.exists() else None
+
+
+def load(tag: str) -> tuple[ModelCard, bytes]:
+    """The card and verified ONNX bytes of a model in BentoML's store."""
+    import bentoml
+    from bentoml.exceptions import NotFound
+
+    try:
+        model = bentoml.models.get(tag)
+    except NotFound as exc:
+        raise NotFoundError(f"no model {tag} in BentoML's model store", where="bentoml",
+                            accepted="a tag saved by `modelrail model register`") from exc
+    card = ModelCard.model_validate_json(Path(model.path_of(CARD_FILE)).read_text())
+    data = Path(model.path_of(ONNX_FILE)).read_bytes()
+    check_bytes(card, data, where=f"bentoml model {tag} ({model.path_of(ONNX_FILE)})")
+    return card, data
+
+
+def check_bytes(card: ModelCard, data: bytes, *, where: str) -> None:
+    """Refuse bytes whose sha256 is not the one registered, naming both hashes."""
+    actual = hashlib.sha256(data).hexdigest()
+    if actual != card.sha256:
+        raise IntegrityError(
+            f"sha256 mismatch for {card.ref}: registered {card.sha256}, file has {actual}",
+            where=where, accepted="the file exactly as registered; re-register under a new "
+                                  "version if the model changed")

@@ -154,3 +154,39 @@ def test_telemetry_is_off_in_the_cli_process() -> None:
     out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True,
                          text=True, check=True).stdout.split()
     assert out == ["1", "true"]
+
+
+NETWORK_AUDIT = """
+import sys
+seen = []
+def hook(event, args):
+    if event in ("socket.connect", "socket.getaddrinfo", "socket.gethostbyname"):
+        seen.append((event, repr(args)[:200]))
+sys.addaudithook(hook)
+import os, socket
+if os.environ.get("AUDIT_PROBE"):
+    socket.getaddrinfo("localhost", 80)  # proves the hook sees lookups
+from modelrail.cli import main
+code = main(sys.argv[1:])
+import json
+print("AUDIT" + json.dumps(seen))
+sys.exit(code)
+"""
+
+
+def test_registration_opens_no_network_connection(env: dict[str, str], iris_files: Any) -> None:
+    """Every socket connect and name lookup in the process is recorded: there must be none."""
+    model, data, _ = iris_files
+    res = subprocess.run(
+        [sys.executable, "-c", NETWORK_AUDIT, "model", "register", str(model), "--data",
+         str(data), "--name", "iris", "--version", "1"],
+        env=env, capture_output=True, text=True, timeout=120, check=False)
+    assert res.returncode == 0, res.stderr
+    audit = json.loads(res.stdout.split("AUDIT", 1)[1])
+    assert audit == []
+    # the same harness with one deliberate lookup records it: the check can fail
+    probe = subprocess.run(
+        [sys.executable, "-c", NETWORK_AUDIT, "model", "list"],
+        env={**env, "AUDIT_PROBE": "1"}, capture_output=True, text=True, timeout=60,
+        check=False)
+    assert json.loads(probe.stdout.split("AUDIT", 1)[1])[0][0] == "socket.getaddrinfo"

@@ -105,6 +105,9 @@ class ModelCard(_Frozen):
     outputs: list[TensorSpec]
     class_labels: list[int] | list[str] | None = None
     target_names: list[str] | None = None
+    # regression only: the 9 inner decile edges of the training targets; the server counts
+    # predictions in these 10 bins so rollouts can compare prediction distributions
+    target_deciles: list[float] | None = None
     metrics: dict[str, float]
     training_data: TrainingData
     libraries: dict[str, str]

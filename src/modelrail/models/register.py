@@ -131,6 +131,9 @@ def _card(*, estimator: Any, split: Split, name: str, version: str, task: Task,
         inputs=[TensorSpec(name=INPUT_NAME, datatype="FP32", shape=[-1, n],
                            feature_names=feature_names)],
         outputs=outputs, class_labels=class_labels, target_names=split.target_names,
+        target_deciles=None if task == "classification" else [
+            float(q) for q in np.quantile(split.y_train.astype(np.float64),
+                                          np.linspace(0.1, 0.9, 9))],
         metrics=evaluate(onnx_bytes, task, split.X_test, split.y_test, class_labels),
         training_data=TrainingData(
             sha256=fingerprint(split.X_train, split.y_train), rows=int(split.X_train.shape[0]),

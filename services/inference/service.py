@@ -1,0 +1,66 @@
+"""The modelrail inference service: OIP v2 over REST and gRPC, as a BentoML service.
+
+A thin shell over `modelrail.serving`: each BentoML worker loads the configured models
+(exact NAME:VERSION from BentoML's model store, sha256-checked, warmed up) in `__init__`,
+serves the OIP v2 REST app mounted at "/" and starts the gRPC server on the shared port
+in its on_startup hook. Configuration comes from the environment (see
+modelrail.serving.config). Run it with `modelrail serve NAME:VERSION …`, or
+`bentoml serve service:InferenceService` with MODELRAIL_MODELS set; package it with
+`modelrail bento build` or `bentoml build`.
+"""
+
+from __future__ import annotations
+
+import logging
+import os  # after modelrail, which switches telemetry off first
+from typing import Any
+
+import bentoml
+
+from modelrail.serving import metrics
+from modelrail.serving.config import ServingConfig
+from modelrail.serving.faults import parse_faults
+from modelrail.serving.grpc_server import start_server
+from modelrail.serving.repository import ModelRepository
+from modelrail.serving.rest import create_app
+
+log = logging.getLogger("modelrail.service")
+
+CONFIG = ServingConfig.from_env()
+REPOSITORY = ModelRepository(faults=parse_faults(os.environ.get("MODELRAIL_FAULTS")))
+REST_APP = create_app(REPOSITORY, max_request_bytes=CONFIG.max_request_bytes,
+                      max_rows=CONFIG.max_rows)
+
+
+@bentoml.service(
+    name="modelrail-inference",
+    workers=CONFIG.workers,
+    traffic={"timeout": 30, "max_concurrency": 1024},
+    # BentoML's /livez and /readyz stay; OIP health lives under /v2/health/*.
+)
+@bentoml.asgi_app(REST_APP, path="/")
+class InferenceService:
+    def __init__(self) -> None:
+        if REPOSITORY.faults.faults:
+            log.warning("fault injection is ON: %s", sorted(REPOSITORY.faults.faults))
+        REPOSITORY.load_all(CONFIG.models)
+        for model in REPOSITORY.models.values():
+            metrics.set_model_info(model=model.name, version=model.version,
+                                   sha256=model.card.sha256, ready=model.ready)
+        self._grpc: Any = None
+
+    @bentoml.on_startup
+    async def start_grpc(self) -> None:
+        self._grpc = await start_server(
+            REPOSITORY, host=CONFIG.grpc_host, port=CONFIG.grpc_port,
+            max_rows=CONFIG.max_rows, max_message_bytes=CONFIG.max_request_bytes)
+        log.info("gRPC OIP v2 listening on %s:%d", CONFIG.grpc_host, CONFIG.grpc_port)
+
+    @bentoml.on_shutdown
+    async def stop_grpc(self) -> None:
+        if self._grpc is not None:
+            # stop accepting, let in-flight calls finish within the grace period
+            await self._grpc.stop(grace=CONFIG.drain_seconds)
+
+    def __is_ready__(self) -> bool:
+        return REPOSITORY.ready

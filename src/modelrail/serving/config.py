@@ -1,0 +1,111 @@
+"""Serving configuration, read once per worker from the environment.
+
+BentoML starts workers by importing the service module, so environment variables are the
+one channel that reaches every worker (and the one a Kubernetes Deployment sets):
+  MODELRAIL_MODELS             comma-separated NAME:VERSION[@sha256:HEX] (required)
+  MODELRAIL_GRPC_PORT          gRPC port, default 8001 (HTTP is BentoML's --port)
+  MODELRAIL_GRPC_HOST          gRPC bind address, default 0.0.0.0
+  MODELRAIL_WORKERS            worker processes, default 1
+  MODELRAIL_MAX_REQUEST_BYTES  payload limit for REST and gRPC, default 8 MiB
+  MODELRAIL_MAX_ROWS           rows per request, default 65536
+  MODELRAIL_DRAIN_SECONDS      grace period for in-flight gRPC calls at shutdown, default 10
+  MODELRAIL_FAULTS             fault injection for rollout tests (faults.py); unset in production
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from dataclasses import dataclass
+
+from modelrail.errors import InvalidInputError
+from modelrail.models.card import parse_ref
+
+_SHA_RE = re.compile(r"^[0-9a-f]{64}$")
+
+
+@dataclass(frozen=True)
+class ModelRef:
+    """A pinned model to serve; `sha256`, when given, must match the registered one."""
+
+    name: str
+    version: str
+    sha256: str | None = None
+
+    @property
+    def tag(self) -> str:
+        return f"{self.name}:{self.version}"
+
+    def __str__(self) -> str:
+        return self.tag + (f"@sha256:{self.sha256}" if self.sha256 else "")
+
+
+def parse_model_ref(text: str) -> ModelRef:
+    ref, _, digest = text.strip().partition("@")
+    name, version = parse_ref(ref)
+    sha: str | None = None
+    if digest:
+        algo, _, hexdigest = digest.partition(":")
+        if algo != "sha256" or not _SHA_RE.fullmatch(hexdigest):
+            raise InvalidInputError(f"bad digest in {text!r}", where="model reference",
+                                    accepted="NAME:VERSION or NAME:VERSION@sha256:<64 hex>")
+        sha = hexdigest
+    return ModelRef(name=name, version=version, sha256=sha)
+
+
+@dataclass(frozen=True)
+class ServingConfig:
+    models: tuple[ModelRef, ...]
+    grpc_port: int = 8001
+    grpc_host: str = "0.0.0.0"
+    workers: int = 1
+    max_request_bytes: int = 8 * 1024 * 1024
+    max_rows: int = 65536
+    drain_seconds: float = 10.0
+
+    @classmethod
+    def from_env(cls, env: dict[str, str] | None = None) -> ServingConfig:
+        env = dict(os.environ) if env is None else env
+        raw = env.get("MODELRAIL_MODELS", "")
+        if not raw.strip():
+            raise InvalidInputError("no models to serve", where="MODELRAIL_MODELS",
+                                    accepted="comma-separated NAME:VERSION[@sha256:HEX]")
+        models = tuple(parse_model_ref(p) for p in raw.split(",") if p.strip())
+        if len({m.tag for m in models}) != len(models):
+            raise InvalidInputError(f"a model is listed twice: {raw}",
+                                    where="MODELRAIL_MODELS", accepted="each NAME:VERSION once")
+        return cls(
+            models=models,
+            grpc_port=_int(env, "MODELRAIL_GRPC_PORT", 8001, 1, 65535),
+            grpc_host=env.get("MODELRAIL_GRPC_HOST") or "0.0.0.0",
+            workers=_int(env, "MODELRAIL_WORKERS", 1, 1, 64),
+            max_request_bytes=_int(env, "MODELRAIL_MAX_REQUEST_BYTES", 8 * 1024 * 1024,
+                                   1024, 1 << 31),
+            max_rows=_int(env, "MODELRAIL_MAX_ROWS", 65536, 1, 10_000_000),
+            drain_seconds=float(_int(env, "MODELRAIL_DRAIN_SECONDS", 10, 0, 3600)),
+        )
+
+    def to_env(self) -> dict[str, str]:
+        return {
+            "MODELRAIL_MODELS": ",".join(str(m) for m in self.models),
+            "MODELRAIL_GRPC_PORT": str(self.grpc_port),
+            "MODELRAIL_GRPC_HOST": self.grpc_host,
+            "MODELRAIL_WORKERS": str(self.workers),
+            "MODELRAIL_MAX_REQUEST_BYTES": str(self.max_request_bytes),
+            "MODELRAIL_MAX_ROWS": str(self.max_rows),
+            "MODELRAIL_DRAIN_SECONDS": str(int(self.drain_seconds)),
+        }
+
+
+def _int(env: dict[str, str], key: str, default: int, lo: int, hi: int) -> int:
+    raw = env.get(key)
+    if raw is None or raw == "":
+        return default
+    try:
+        value = int(raw)
+    except ValueError:
+        value = lo - 1
+    if not lo <= value <= hi:
+        raise InvalidInputError(f"bad value {raw!r}", where=key,
+                                accepted=f"an integer from {lo} to {hi}")
+    return value

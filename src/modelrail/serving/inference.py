@@ -1,0 +1,133 @@
+"""Protocol-neutral inference: a decoded request in, output tensors out.
+
+The REST and gRPC adapters decode their wire format into `InferRequest`, call `execute`,
+and encode the `InferResponse`. Everything about the request is validated here before
+onnxruntime sees it; no request shares a session.run with another, so one bad request can
+never fail a good one.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+
+from modelrail.serving import metrics
+from modelrail.serving.errors import InferenceError, Kind, invalid
+from modelrail.serving.repository import LoadedModel, ModelRepository
+from modelrail.serving.tensors import to_model_input
+
+# Above this many input elements onnxruntime runs in a thread, so the event loop keeps
+# serving other requests; below it the thread hop costs more than the inference.
+THREAD_THRESHOLD = 16384
+
+
+@dataclass
+class InputTensor:
+    name: str
+    datatype: str
+    shape: list[int]
+    array: npt.NDArray[Any]
+
+
+@dataclass
+class RequestedOutput:
+    name: str
+    binary: bool = False
+
+
+@dataclass
+class InferRequest:
+    model_name: str
+    model_version: str | None
+    inputs: list[InputTensor]
+    outputs: list[RequestedOutput] | None = None  # None: every output
+    id: str | None = None
+    binary_output: bool = False
+
+
+@dataclass
+class OutputTensor:
+    name: str
+    datatype: str
+    shape: list[int]
+    array: npt.NDArray[Any]
+    binary: bool = False
+
+
+@dataclass
+class InferResponse:
+    model_name: str
+    model_version: str
+    outputs: list[OutputTensor] = field(default_factory=list)
+    id: str | None = None
+
+
+def describe_input(model: LoadedModel) -> str:
+    spec = model.card.inputs[0]
+    return f"one input {spec.name!r} of shape [rows, {spec.shape[-1]}]"
+
+
+def prepare(model: LoadedModel, req: InferRequest, *,
+            max_rows: int) -> npt.NDArray[np.float32]:
+    """Validate the inputs against the model and return the FP32 rows to run."""
+    spec = model.card.inputs[0]
+    names = [t.name for t in req.inputs]
+    if len(set(names)) != len(names):
+        raise invalid(f"inputs: an input is given twice ({names}); the model takes "
+                      f"{describe_input(model)}")
+    extra = [n for n in names if n != spec.name]
+    if extra:
+        raise invalid(f"inputs: unexpected input {extra[0]!r}; the model takes "
+                      f"{describe_input(model)}")
+    if not req.inputs:
+        raise invalid(f"inputs: missing input {spec.name!r}; the model takes "
+                      f"{describe_input(model)}")
+    tensor = req.inputs[0]
+    return to_model_input(tensor.array, tensor.datatype, spec, max_rows=max_rows,
+                          where=f"input {tensor.name!r}")
+
+
+def check_outputs(model: LoadedModel, req: InferRequest) -> list[RequestedOutput]:
+    available = [o.name for o in model.card.outputs]
+    if req.outputs is None or not req.outputs:
+        return [RequestedOutput(name=n, binary=req.binary_output) for n in available]
+    for o in req.outputs:
+        if o.name not in available:
+            raise invalid(f"outputs: unknown output {o.name!r}; available: "
+                          f"{', '.join(available)}")
+    return req.outputs
+
+
+async def execute(repo: ModelRepository, req: InferRequest, *, max_rows: int,
+                  ) -> tuple[LoadedModel, InferResponse]:
+    model = repo.ready_model(req.model_name, req.model_version)
+    x = prepare(model, req, max_rows=max_rows)
+    wanted = check_outputs(model, req)
+    if model.fault is not None:
+        if model.fault.latency_ms:
+            await asyncio.sleep(model.fault.latency_ms / 1000)
+        if repo.faults.should_fail(model.fault):
+            raise InferenceError(Kind.INTERNAL, f"injected fault in {model.card.ref}")
+    try:
+        if x.size > THREAD_THRESHOLD:
+            result = await asyncio.to_thread(model.run, x)
+        else:
+            result = model.run(x)
+    except Exception as exc:  # onnxruntime's own error types are not exported
+        raise InferenceError(Kind.INTERNAL, f"model {model.card.ref} failed: {exc}") from exc
+    specs = {o.name: o for o in model.card.outputs}
+    outputs = []
+    for want in wanted:
+        arr = np.asarray(result[want.name])
+        spec = specs[want.name]
+        outputs.append(OutputTensor(name=want.name, datatype=spec.datatype,
+                                    shape=list(arr.shape), array=arr, binary=want.binary))
+    metrics.observe_predictions(
+        model=model.name, version=model.version, labels=result.get("label"),
+        values=result.get("predictions"), bins=model.value_bins)
+    return model, InferResponse(model_name=model.name, model_version=model.version,
+                                outputs=outputs, id=req.id)

@@ -1,0 +1,177 @@
+"""OIP v2 tensors: decoding JSON, raw bytes and gRPC contents, and converting them safely to
+what the model takes (FP32 rows of n_features).
+
+Policy, applied identically to REST and gRPC:
+  - shape must be [rows, n_features] with 1 <= rows <= max_rows, and the data must hold
+    exactly rows * n_features elements;
+  - FP32 as-is; FP16 widened; FP64 narrowed to FP32 (finite values beyond FP32's range are
+    refused); integer types only when every value is exactly representable in FP32
+    (|v| <= 2**24); BOOL and BYTES are refused;
+  - NaN and ±inf are refused (scikit-learn's models were not trained to see them and the
+    graph would answer silently wrong); the error names the row and the feature.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+
+from modelrail.models.card import TensorSpec
+from modelrail.serving.errors import invalid
+
+NUMPY_DTYPES: dict[str, np.dtype[Any]] = {
+    "BOOL": np.dtype(np.bool_), "UINT8": np.dtype(np.uint8), "UINT16": np.dtype(np.uint16),
+    "UINT32": np.dtype(np.uint32), "UINT64": np.dtype(np.uint64), "INT8": np.dtype(np.int8),
+    "INT16": np.dtype(np.int16), "INT32": np.dtype(np.int32), "INT64": np.dtype(np.int64),
+    "FP16": np.dtype(np.float16), "FP32": np.dtype(np.float32), "FP64": np.dtype(np.float64),
+}
+ALL_DATATYPES = (*NUMPY_DTYPES, "BYTES")
+ACCEPTED_INPUT = ("FP32", "FP64", "FP16", "INT8", "INT16", "INT32", "INT64", "UINT8",
+                  "UINT16", "UINT32", "UINT64")
+FP32_EXACT_INT = 2**24
+FP32_MAX = float(np.finfo(np.float32).max)
+
+
+def check_datatype(datatype: Any, where: str) -> str:
+    if not isinstance(datatype, str) or datatype not in ALL_DATATYPES:
+        raise invalid(f"{where}: unknown datatype {datatype!r}; accepted: "
+                      f"{', '.join(ACCEPTED_INPUT)}")
+    return datatype
+
+
+def check_shape(shape: Any, where: str) -> list[int]:
+    if (not isinstance(shape, (list, tuple)) or not shape
+            or not all(isinstance(d, int) and not isinstance(d, bool) for d in shape)):
+        raise invalid(f"{where}: shape must be a non-empty list of integers, got {shape!r}")
+    if any(d < 0 for d in shape):
+        raise invalid(f"{where}: shape {list(shape)} has a negative dimension")
+    return [int(d) for d in shape]
+
+
+def element_count(shape: Sequence[int]) -> int:
+    return math.prod(shape)
+
+
+def from_json(data: Any, datatype: str, shape: list[int], where: str) -> npt.NDArray[Any]:
+    """A JSON `data` field (flat or nested, row-major) as an array of `datatype`."""
+    if datatype == "BYTES":
+        raise invalid(f"{where}: datatype BYTES is not accepted; accepted: "
+                      f"{', '.join(ACCEPTED_INPUT)}")
+    flat = _flatten(data, where)
+    expected = element_count(shape)
+    if len(flat) != expected:
+        raise invalid(f"{where}: data has {len(flat)} elements but shape {shape} needs "
+                      f"{expected}")
+    is_int = datatype.startswith(("INT", "UINT"))
+    for i, v in enumerate(flat):
+        if isinstance(v, bool) and datatype != "BOOL":
+            raise invalid(f"{where}: data[{i}] is a boolean; {datatype} takes numbers")
+        if datatype == "BOOL" and not isinstance(v, bool):
+            raise invalid(f"{where}: data[{i}] is {v!r}; BOOL takes true/false")
+        if is_int and not isinstance(v, int):
+            raise invalid(f"{where}: data[{i}] is {v!r}; {datatype} takes integers")
+        if not isinstance(v, (int, float)):
+            raise invalid(f"{where}: data[{i}] is {type(v).__name__} {v!r}; {datatype} "
+                          "takes numbers")
+    dtype = NUMPY_DTYPES[datatype]
+    if is_int:
+        info = np.iinfo(dtype)
+        for i, v in enumerate(flat):
+            if not info.min <= v <= info.max:
+                raise invalid(f"{where}: data[{i}] = {v} is out of range for {datatype}")
+    try:
+        arr = np.asarray(flat, dtype=dtype)
+    except (OverflowError, ValueError) as exc:
+        raise invalid(f"{where}: data does not fit {datatype}: {exc}") from exc
+    return arr.reshape(shape)
+
+
+def _flatten(data: Any, where: str) -> list[Any]:
+    if not isinstance(data, list):
+        raise invalid(f"{where}: data must be a JSON array, got {type(data).__name__}")
+    out: list[Any] = []
+    stack: list[Any] = [iter(data)]
+    while stack:
+        try:
+            item = next(stack[-1])
+        except StopIteration:
+            stack.pop()
+            continue
+        if isinstance(item, list):
+            if len(stack) > 32:
+                raise invalid(f"{where}: data is nested more than 32 levels deep")
+            stack.append(iter(item))
+        else:
+            out.append(item)
+    return out
+
+
+def from_raw(buf: bytes | memoryview, datatype: str, shape: list[int],
+             where: str) -> npt.NDArray[Any]:
+    """Row-major little-endian raw bytes (binary extension / gRPC raw contents) as an array."""
+    if datatype == "BYTES":
+        raise invalid(f"{where}: datatype BYTES is not accepted; accepted: "
+                      f"{', '.join(ACCEPTED_INPUT)}")
+    dtype = NUMPY_DTYPES[datatype].newbyteorder("<")
+    expected = element_count(shape) * dtype.itemsize
+    if len(buf) != expected:
+        raise invalid(f"{where}: raw data has {len(buf)} bytes but shape {shape} of "
+                      f"{datatype} needs {expected}")
+    return np.frombuffer(buf, dtype=dtype).reshape(shape)
+
+
+def to_model_input(arr: npt.NDArray[Any], datatype: str, spec: TensorSpec, *,
+                   max_rows: int, where: str) -> npt.NDArray[np.float32]:
+    """Check an input against the model's input spec and convert it to FP32 safely."""
+    n_features = spec.shape[-1]
+    names = spec.feature_names or [f"x{i}" for i in range(n_features)]
+    if arr.ndim != 2 or arr.shape[1] != n_features or arr.shape[0] < 1:
+        raise invalid(f"{where}: shape {list(arr.shape)} is not accepted; accepted: "
+                      f"[rows, {n_features}] with 1 <= rows <= {max_rows} (features: "
+                      f"{', '.join(names)})")
+    if arr.shape[0] > max_rows:
+        raise invalid(f"{where}: {arr.shape[0]} rows exceed the limit of {max_rows} per "
+                      "request; split the request")
+    if datatype not in ACCEPTED_INPUT:
+        raise invalid(f"{where}: datatype {datatype} is not accepted; accepted: "
+                      f"{', '.join(ACCEPTED_INPUT)}")
+    if datatype in ("FP32", "FP64", "FP16"):
+        bad = ~np.isfinite(arr)
+        if bad.any():
+            row, col = (int(v) for v in np.argwhere(bad)[0])
+            raise invalid(f"{where}: row {row}, feature {names[col]!r} is {arr[row, col]}; "
+                          "NaN and infinity are not accepted")
+        if datatype == "FP64" and np.abs(arr).max(initial=0.0) > FP32_MAX:
+            row, col = (int(v) for v in np.argwhere(np.abs(arr) > FP32_MAX)[0])
+            raise invalid(f"{where}: row {row}, feature {names[col]!r} = {arr[row, col]} is "
+                          f"beyond FP32's range (±{FP32_MAX:.4g}) the model computes in")
+    else:
+        too_big = np.abs(arr.astype(np.float64)) > FP32_EXACT_INT
+        if too_big.any():
+            row, col = (int(v) for v in np.argwhere(too_big)[0])
+            raise invalid(f"{where}: row {row}, feature {names[col]!r} = {arr[row, col]} "
+                          f"cannot be represented exactly in FP32; integers are accepted "
+                          f"up to ±{FP32_EXACT_INT}, send FP32/FP64 for larger values")
+    return np.ascontiguousarray(arr, dtype=np.float32)
+
+
+def to_raw(arr: npt.NDArray[Any], datatype: str) -> bytes:
+    """Row-major little-endian bytes of an output tensor (BYTES: 4-byte length prefixes)."""
+    if datatype == "BYTES":
+        parts = []
+        for item in arr.reshape(-1).tolist():
+            raw = item if isinstance(item, bytes) else str(item).encode()
+            parts.append(len(raw).to_bytes(4, "little") + raw)
+        return b"".join(parts)
+    return np.ascontiguousarray(arr, dtype=NUMPY_DTYPES[datatype].newbyteorder("<")).tobytes()
+
+
+def to_json_data(arr: npt.NDArray[Any], datatype: str) -> list[Any]:
+    flat = arr.reshape(-1)
+    if datatype == "BYTES":
+        return [v.decode() if isinstance(v, bytes) else str(v) for v in flat.tolist()]
+    return list(flat.tolist())

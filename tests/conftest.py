@@ -10,3 +10,110 @@ os.environ["ORT_DISABLE_TELEMETRY"] = "1"
 os.environ["BENTOML_DO_NOT_TRACK"] = "true"
 os.environ["BENTOML_HOME"] = tempfile.mkdtemp(prefix="modelrail-test-bentoml-")
 os.environ.pop("MODELRAIL_REGISTRY", None)
+
+
+# --- shared, session-wide fixtures -------------------------------------------------------
+
+from collections.abc import Iterator  # noqa: E402
+from dataclasses import dataclass  # noqa: E402
+from pathlib import Path  # noqa: E402
+from typing import Any  # noqa: E402
+
+import pytest  # noqa: E402
+
+EXAMPLES_SPEC = Path(__file__).resolve().parents[1] / "models" / "examples.yaml"
+
+
+@dataclass
+class Example:
+    """A registered example model with what the tests compare it against."""
+
+    ref: str
+    estimator: Any
+    split: Any
+    card: Any
+
+
+@pytest.fixture(scope="session")
+def registry_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    path = tmp_path_factory.mktemp("registry")
+    os.environ["MODELRAIL_REGISTRY"] = str(path)  # inherited by servers the tests start
+    return path
+
+
+@pytest.fixture(scope="session")
+def examples(tmp_path_factory: pytest.TempPathFactory, registry_dir: Path,
+             ) -> dict[str, Example]:
+    """Every example model of models/examples.yaml, trained and registered (registry and
+    the session's BentoML store), as `modelrail demo` does."""
+    from modelrail.models.convert import load_estimator
+    from modelrail.models.dataset import load_split
+    from modelrail.models.register import register_model
+    from modelrail.models.registry import Registry
+    from modelrail.models.train import load_spec, train_all
+
+    registry = Registry(registry_dir)
+    out: dict[str, Example] = {}
+    for t in train_all(load_spec(EXAMPLES_SPEC), tmp_path_factory.mktemp("train")):
+        card = register_model(model_path=t.model_path, data_path=t.data_path, name=t.name,
+                              version=t.version, registry=registry).card
+        out[card.ref] = Example(ref=card.ref, estimator=load_estimator(t.model_path),
+                                split=load_split(t.data_path), card=card)
+    return out
+
+
+@dataclass
+class Server:
+    """A real serving process (BentoML + gRPC) on loopback."""
+
+    http_url: str
+    grpc_target: str
+    proc: Any
+    log: Path
+
+    def alive(self) -> bool:
+        return bool(self.proc.poll() is None)
+
+
+def start_server(models: list[str], log_dir: Path, *, workers: int = 1,
+                 extra_env: dict[str, str] | None = None, wait: bool = True,
+                 max_request_bytes: int = 1024 * 1024) -> Server:
+    from modelrail.serving.config import ServingConfig
+    from modelrail.serving.process import free_port, server_command, spawn, stop, wait_ready
+
+    http_port, grpc_port = free_port(), free_port()
+    config = ServingConfig.from_env({
+        "MODELRAIL_MODELS": ",".join(models), "MODELRAIL_GRPC_PORT": str(grpc_port),
+        "MODELRAIL_GRPC_HOST": "127.0.0.1", "MODELRAIL_WORKERS": str(workers),
+        "MODELRAIL_MAX_REQUEST_BYTES": str(max_request_bytes), "MODELRAIL_MAX_ROWS": "5000",
+        "MODELRAIL_DRAIN_SECONDS": "10"})
+    log = log_dir / f"server-{http_port}.log"
+    cmd = server_command(config, http_host="127.0.0.1", http_port=http_port,
+                         extra_env=extra_env)
+    proc = spawn(cmd, log_path=log)
+    server = Server(http_url=f"http://127.0.0.1:{http_port}",
+                    grpc_target=f"127.0.0.1:{grpc_port}", proc=proc, log=log)
+    if wait and not wait_ready(server.http_url, timeout=90, proc=proc):
+        stop(proc)
+        raise RuntimeError(f"server did not become ready; log:\n{log.read_text()[-4000:]}")
+    if wait:
+        _wait_grpc(server.grpc_target)
+    return server
+
+
+def _wait_grpc(target: str, timeout: float = 30.0) -> None:
+    import grpc
+
+    with grpc.insecure_channel(target) as channel:
+        grpc.channel_ready_future(channel).result(timeout=timeout)
+
+
+@pytest.fixture(scope="session")
+def server(examples: dict[str, Example], tmp_path_factory: pytest.TempPathFactory,
+           ) -> Iterator[Server]:
+    """One server with every example model and two workers (gRPC on a shared port)."""
+    from modelrail.serving.process import stop
+
+    srv = start_server(sorted(examples), tmp_path_factory.mktemp("server"), workers=2)
+    yield srv
+    stop(srv.proc)

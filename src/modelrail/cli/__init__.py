@@ -14,10 +14,10 @@ import sys
 from collections.abc import Sequence
 
 from modelrail import __version__
-from modelrail.cli import demo, model
+from modelrail.cli import demo, model, serve
 from modelrail.errors import ModelrailError
 
-GROUPS = (model, demo)
+GROUPS = (model, serve, demo)
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -29,6 +29,17 @@ def main() -> int:
     text = grpc_module.read_text()
     grpc_module.write_text(re.sub(r"^import oip_v2_pb2 as", "from . import oip_v2_pb2 as",
                                   text, flags=re.M))
+    # Register our descriptors in a private pool, not protobuf's default one: tritonclient
+    # (and any KServe stub) defines the same `inference.*` names, and two definitions in
+    # one pool make whichever is imported second fail. A private pool lets a process use
+    # both (our tests drive the server with tritonclient while importing our messages).
+    pb2 = PROTO_DIR / "oip_v2_pb2.py"
+    code_text = pb2.read_text()
+    marker = "DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile("
+    if marker not in code_text:
+        raise SystemExit(f"unexpected protoc output: {marker!r} not found in {pb2}")
+    pb2.write_text(code_text.replace(
+        marker, "POOL = _descriptor_pool.DescriptorPool()\nDESCRIPTOR = POOL.AddSerializedFile("))
     return 0
 
 

@@ -14,12 +14,12 @@ os.environ.pop("MODELRAIL_REGISTRY", None)
 
 # --- shared, session-wide fixtures -------------------------------------------------------
 
-from collections.abc import Iterator  # noqa: E402
-from dataclasses import dataclass  # noqa: E402
-from pathlib import Path  # noqa: E402
-from typing import Any  # noqa: E402
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
 
-import pytest  # noqa: E402
+import pytest
 
 EXAMPLES_SPEC = Path(__file__).resolve().parents[1] / "models" / "examples.yaml"
 

@@ -122,10 +122,13 @@ class InferenceServicer:
     async def model_infer(self, data: bytes, ctx: Any,
                           labels: dict[str, str] | None = None) -> Message:
         msg = _parse(pb.ModelInferRequest, data)
-        req = decode_infer(msg)
-        model = self.repo.resolve(req.model_name, req.model_version)
+        if not msg.model_name:
+            raise invalid("model_name is required")
+        # resolve first, so a request that fails decoding is counted under its model
+        model = self.repo.resolve(msg.model_name, msg.model_version or None)
         if labels is not None:
             labels.update(model=model.name, version=model.version)
+        req = decode_infer(msg)
         _, resp = await execute(self.repo, req, max_rows=self.max_rows)
         out = pb.ModelInferResponse(model_name=resp.model_name,
                                     model_version=resp.model_version, id=resp.id or "")

@@ -36,7 +36,11 @@ REST_APP = create_app(REPOSITORY, max_request_bytes=CONFIG.max_request_bytes,
     name="modelrail-inference",
     workers=CONFIG.workers,
     traffic={"timeout": 30, "max_concurrency": 1024},
-    # BentoML's /livez and /readyz stay; OIP health lives under /v2/health/*.
+    logging={"access": {"enabled": CONFIG.access_log}},
+    # OpenTelemetry spans on the OIP routes cost more than the inference itself (measured in
+    # BENCHMARKS.md); they stay on for BentoML's own routes, and all come back with
+    # MODELRAIL_TRACING=1.
+    tracing={"excluded_urls": None if CONFIG.tracing else "v2,predict"},
 )
 @bentoml.asgi_app(REST_APP, path="/")
 class InferenceService:

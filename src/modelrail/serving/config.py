@@ -9,6 +9,9 @@ one channel that reaches every worker (and the one a Kubernetes Deployment sets)
   MODELRAIL_MAX_REQUEST_BYTES  payload limit for REST and gRPC, default 8 MiB
   MODELRAIL_MAX_ROWS           rows per request, default 65536
   MODELRAIL_DRAIN_SECONDS      grace period for in-flight gRPC calls at shutdown, default 10
+  MODELRAIL_ACCESS_LOG         1 to log every request (default 0: /metrics counts them all)
+  MODELRAIL_TRACING            1 to keep BentoML's OpenTelemetry spans on inference routes
+                               (default 0: a span per request costs more than the inference)
   MODELRAIL_FAULTS             fault injection for rollout tests (faults.py); unset in production
 """
 
@@ -62,6 +65,8 @@ class ServingConfig:
     max_request_bytes: int = 8 * 1024 * 1024
     max_rows: int = 65536
     drain_seconds: float = 10.0
+    access_log: bool = False
+    tracing: bool = False
 
     @classmethod
     def from_env(cls, env: dict[str, str] | None = None) -> ServingConfig:
@@ -83,6 +88,8 @@ class ServingConfig:
                                    1024, 1 << 31),
             max_rows=_int(env, "MODELRAIL_MAX_ROWS", 65536, 1, 10_000_000),
             drain_seconds=float(_int(env, "MODELRAIL_DRAIN_SECONDS", 10, 0, 3600)),
+            access_log=bool(_int(env, "MODELRAIL_ACCESS_LOG", 0, 0, 1)),
+            tracing=bool(_int(env, "MODELRAIL_TRACING", 0, 0, 1)),
         )
 
     def to_env(self) -> dict[str, str]:
@@ -94,6 +101,8 @@ class ServingConfig:
             "MODELRAIL_MAX_REQUEST_BYTES": str(self.max_request_bytes),
             "MODELRAIL_MAX_ROWS": str(self.max_rows),
             "MODELRAIL_DRAIN_SECONDS": str(int(self.drain_seconds)),
+            "MODELRAIL_ACCESS_LOG": str(int(self.access_log)),
+            "MODELRAIL_TRACING": str(int(self.tracing)),
         }
 
 

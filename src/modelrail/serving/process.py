@@ -12,6 +12,7 @@ import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -46,11 +47,30 @@ class ServerCommand:
     cwd: Path
 
 
+def shared_bentoml_home(env: dict[str, str] | None = None) -> Path:
+    env = dict(os.environ) if env is None else env
+    return Path(env.get("BENTOML_HOME") or Path.home() / "bentoml").expanduser().resolve()
+
+
+def private_bentoml_home(shared: Path) -> Path:
+    """A BentoML home of this process's own whose `models` is the shared model store.
+
+    BentoML empties `$BENTOML_HOME/prometheus_multiproc_dir` whenever a server starts, so
+    servers sharing a home erase each other's metrics (found by the metrics tests with two
+    servers on one machine). A private home per server keeps them apart.
+    """
+    home = Path(tempfile.mkdtemp(prefix="modelrail-bentoml-home-"))
+    (shared / "models").mkdir(parents=True, exist_ok=True)
+    (home / "models").symlink_to(shared / "models", target_is_directory=True)
+    return home
+
+
 def server_command(config: ServingConfig, *, http_host: str, http_port: int,
                    service_dir: Path | None = None, extra_env: dict[str, str] | None = None,
                    ) -> ServerCommand:
     """The argv, environment and working directory of one serving process."""
     env = {**os.environ, **config.to_env(), **(extra_env or {})}
+    env["BENTOML_HOME"] = str(private_bentoml_home(shared_bentoml_home(env)))
     env["ORT_DISABLE_TELEMETRY"] = "1"
     env["BENTOML_DO_NOT_TRACK"] = "true"
     argv = [sys.executable, "-m", "bentoml", "serve", SERVICE_TARGET, "--host", http_host,

@@ -1,0 +1,360 @@
+"""Serving benchmark: modelrail (REST, gRPC) against MLServer and a plain BentoML
+scikit-learn service, with two floors (onnxruntime in-process; a bare echo on the same
+HTTP/gRPC stacks), all driven by one load generator (loadgen.py), one server at a time,
+each with one worker process, serving the same fitted model.
+
+    .venv/bin/python benchmarks/serving.py [--duration 5] [--levels 1,8,32]
+
+Peers run from their own virtual environments under .modelrail/bench/venvs (created on
+first run with uv from pinned versions, so their pins never bend modelrail's). Results:
+.modelrail/bench/serving.json and the serving section of BENCHMARKS.md. Loopback only.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import platform
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+WORK = ROOT / ".modelrail" / "bench"
+os.environ.setdefault("BENTOML_HOME", str(WORK / "bentoml"))
+os.environ.setdefault("MODELRAIL_REGISTRY", str(WORK / "registry"))
+os.environ["BENTOML_DO_NOT_TRACK"] = "true"
+os.environ["ORT_DISABLE_TELEMETRY"] = "1"
+
+import numpy as np  # noqa: E402
+
+from benchmarks.loadgen import Result, http_request, run_grpc, run_http  # noqa: E402
+from modelrail.serving._proto import oip_v2_pb2 as pb  # noqa: E402
+from modelrail.serving.process import free_port, stop, wait_ready  # noqa: E402
+
+PEERS = {
+    "mlserver": ["mlserver==1.7.1", "mlserver-sklearn==1.7.1", "scikit-learn==1.9.1",
+                 "numpy==2.4.6"],
+    "sklearn-bento": ["bentoml==1.4.39", "scikit-learn==1.9.1", "numpy==2.4.6"],
+}
+GRPC_INFER = "/inference.GRPCInferenceService/ModelInfer"
+
+
+def peer_python(name: str) -> Path:
+    venv = WORK / "venvs" / name
+    py = venv / "bin" / "python"
+    stamp = venv / ".installed"
+    wanted = "\n".join(PEERS[name])
+    if not (py.exists() and stamp.exists() and stamp.read_text() == wanted):
+        uv = ROOT / ".venv" / "bin" / "uv"
+        subprocess.run([str(uv), "venv", "-q", "--python", "3.11", str(venv)], check=True)
+        subprocess.run([str(uv), "pip", "install", "-q", "--python", str(py), *PEERS[name]],
+                       check=True)
+        stamp.write_text(wanted)
+    return py
+
+
+def prepare_model(ref: str) -> tuple[Path, Any, np.ndarray]:
+    """Train and register the example model; return its joblib path, card, one input row."""
+    from modelrail.models.register import register_model
+    from modelrail.models.registry import Registry
+    from modelrail.models.train import load_spec, train_all
+
+    trained = train_all(load_spec(ROOT / "models" / "examples.yaml"), WORK / "train", [ref])[0]
+    card = register_model(model_path=trained.model_path, data_path=trained.data_path,
+                          name=trained.name, version=trained.version, registry=Registry()).card
+    row = np.load(trained.data_path)["X_test"][:1].astype(np.float32)
+    return trained.model_path, card, row
+
+
+def wait_http(url: str, proc: subprocess.Popen[bytes], timeout: float = 120) -> None:
+    if not wait_ready(url, timeout=timeout, proc=proc):
+        stop(proc)
+        raise RuntimeError(f"{url} did not become ready")
+
+
+def start(argv: list[str], env: dict[str, str], cwd: Path, log: Path,
+          ) -> subprocess.Popen[bytes]:
+    return subprocess.Popen(argv, env={**os.environ, **env}, cwd=cwd,
+                            stdout=log.open("wb"), stderr=subprocess.STDOUT,
+                            start_new_session=True)
+
+
+def oip_json(input_name: str, row: np.ndarray, output: str) -> bytes:
+    return json.dumps({"inputs": [{"name": input_name, "datatype": "FP32",
+                                   "shape": list(row.shape), "data": row.reshape(-1).tolist()}],
+                       "outputs": [{"name": output}]}).encode()
+
+
+def oip_grpc(model: str, version: str, input_name: str, row: np.ndarray, output: str) -> bytes:
+    msg = pb.ModelInferRequest(model_name=model, model_version=version)
+    t = msg.inputs.add(name=input_name, datatype="FP32", shape=list(row.shape))
+    t.contents.fp32_contents.extend(row.reshape(-1).tolist())
+    msg.outputs.add(name=output)
+    return msg.SerializeToString()
+
+
+def _row(res: Result, label: str, c: int) -> dict[str, float]:
+    if res.errors:
+        raise RuntimeError(f"{label}: {res.errors} errors at concurrency {c}")
+    out = {"rps": res.throughput, "p50_ms": res.percentile(0.5) * 1000,
+           "p99_ms": res.percentile(0.99) * 1000, "requests": res.requests}
+    print(f"    c={c:<3} {out['rps']:9.0f} req/s  p50 {out['p50_ms']:.3f} ms  "
+          f"p99 {out['p99_ms']:.3f} ms", flush=True)
+    return out
+
+
+def grpc_measure(target: str, method: str, payload: bytes, levels: list[int], warmup: float,
+                 duration: float) -> dict[int, dict[str, float]]:
+    return {c: _row(asyncio.run(run_grpc(target, method, payload, concurrency=c,
+                                         warmup=warmup, duration=duration)), target, c)
+            for c in levels}
+
+
+def http_measure(port: int, path: str, body: bytes, levels: list[int], warmup: float,
+                 duration: float) -> dict[int, dict[str, float]]:
+    request = http_request("127.0.0.1", port, path, body)
+    return {c: _row(asyncio.run(run_http("127.0.0.1", port, request, concurrency=c,
+                                         warmup=warmup, duration=duration)), path, c)
+            for c in levels}
+
+
+def inprocess_floor(onnx_bytes: bytes, row: np.ndarray, seconds: float) -> dict[str, float]:
+    from modelrail.models.runtime import new_session
+
+    session = new_session(onnx_bytes)
+    feed = {"input": row}
+    for _ in range(2000):
+        session.run(["probabilities"], feed)
+    lat = []
+    end = time.perf_counter() + seconds
+    while time.perf_counter() < end:
+        t0 = time.perf_counter()
+        session.run(["probabilities"], feed)
+        lat.append(time.perf_counter() - t0)
+    lat.sort()
+    return {"rps": len(lat) / sum(lat), "p50_ms": lat[len(lat) // 2] * 1000,
+            "p99_ms": lat[int(len(lat) * 0.99)] * 1000, "requests": len(lat)}
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--model", default="iris:1")
+    parser.add_argument("--levels", default="1,8,32")
+    parser.add_argument("--warmup", type=float, default=1.5)
+    parser.add_argument("--duration", type=float, default=5.0)
+    parser.add_argument("--skip-peers", action="store_true", help="modelrail and floors only")
+    args = parser.parse_args()
+    levels = [int(v) for v in args.levels.split(",")]
+    WORK.mkdir(parents=True, exist_ok=True)
+    logs = WORK / "logs"
+    logs.mkdir(exist_ok=True)
+
+    model_path, card, row = prepare_model(args.model)
+    from modelrail.models.registry import Registry
+
+    _, onnx_bytes = Registry().read_verified(card.name, card.version)
+    results: dict[str, Any] = {"model": card.ref, "estimator": card.estimator,
+                               "levels": levels, "duration_s": args.duration,
+                               "machine": f"{platform.machine()}, {os.cpu_count()} cores, "
+                                          f"Python {platform.python_version()}",
+                               "targets": {}}
+    T = results["targets"]
+    print(f"model {card.ref} ({card.estimator}); one worker per server; loopback", flush=True)
+
+    print("floor: onnxruntime in-process (one row per call)", flush=True)
+    T["onnxruntime in-process"] = {"1": inprocess_floor(onnx_bytes, row, args.duration)}
+
+    # modelrail
+    from modelrail.serving.config import ServingConfig
+    from modelrail.serving.process import server_command, spawn
+
+    hp, gp = free_port(), free_port()
+    cfg = ServingConfig.from_env({"MODELRAIL_MODELS": card.ref, "MODELRAIL_GRPC_PORT": str(gp),
+                                  "MODELRAIL_GRPC_HOST": "127.0.0.1", "MODELRAIL_WORKERS": "1"})
+    proc = spawn(server_command(cfg, http_host="127.0.0.1", http_port=hp),
+                 log_path=logs / "modelrail.log")
+    try:
+        wait_http(f"http://127.0.0.1:{hp}", proc)
+        path = f"/v2/models/{card.name}/versions/{card.version}/infer"
+        print("modelrail REST (OIP v2 JSON)", flush=True)
+        T["modelrail REST"] = http_measure(hp, path, oip_json("input", row, "probabilities"),
+                                           levels, args.warmup, args.duration)
+        print("modelrail gRPC (OIP v2)", flush=True)
+        T["modelrail gRPC"] = grpc_measure(
+            f"127.0.0.1:{gp}", GRPC_INFER,
+            oip_grpc(card.name, card.version, "input", row, "probabilities"), levels,
+            args.warmup, args.duration)
+    finally:
+        stop(proc)
+
+    # echo floor on the same stacks
+    hp, gp = free_port(), free_port()
+    proc = start([sys.executable, "-m", "bentoml", "serve", "echo_service:EchoService",
+                  "--host", "127.0.0.1", "--port", str(hp)],
+                 {"ECHO_GRPC_PORT": str(gp)}, ROOT / "benchmarks" / "peers", logs / "echo.log")
+    try:
+        wait_echo(hp, proc)
+        body = oip_json("input", row, "probabilities")
+        print("floor: echo over BentoML HTTP", flush=True)
+        T["echo REST"] = http_measure(hp, "/echo", body, levels, args.warmup, args.duration)
+        print("floor: echo over grpc.aio in the BentoML worker", flush=True)
+        T["echo gRPC"] = grpc_measure(f"127.0.0.1:{gp}", "/bench.Echo/Echo",
+                                      oip_grpc(card.name, card.version, "input", row,
+                                               "probabilities"),
+                                      levels, args.warmup, args.duration)
+    finally:
+        stop(proc)
+
+    if not args.skip_peers:
+        run_peers(T, model_path, card, row, levels, args, logs)
+
+    (WORK / "serving.json").write_text(json.dumps(results, indent=2))
+    write_report(results)
+    return 0
+
+
+def wait_echo(port: int, proc: subprocess.Popen[bytes], timeout: float = 60) -> None:
+    import httpx
+
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError("echo server exited")
+        try:
+            if httpx.post(f"http://127.0.0.1:{port}/echo", content=b"{}").status_code == 200:
+                time.sleep(1.0)  # let the gRPC hook finish
+                return
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.2)
+    raise RuntimeError("echo server not ready")
+
+
+def run_peers(T: dict[str, Any], model_path: Path, card: Any, row: np.ndarray,
+              levels: list[int], args: argparse.Namespace, logs: Path) -> None:
+    # MLServer with its scikit-learn runtime, same fitted model
+    py = peer_python("mlserver")
+    mdir = WORK / "mlserver-repo"
+    (mdir / card.name).mkdir(parents=True, exist_ok=True)
+    hp, gp, mp = free_port(), free_port(), free_port()
+    (mdir / "settings.json").write_text(json.dumps({
+        "http_port": hp, "grpc_port": gp, "metrics_port": mp, "host": "127.0.0.1",
+        "parallel_workers": 0, "debug": False}))
+    (mdir / card.name / "model-settings.json").write_text(json.dumps({
+        "name": card.name, "implementation": "mlserver_sklearn.SKLearnModel",
+        "parameters": {"uri": str(model_path), "version": card.version}}))
+    proc = start([str(py.parent / "mlserver"), "start", str(mdir)], {}, mdir,
+                 logs / "mlserver.log")
+    try:
+        wait_http(f"http://127.0.0.1:{hp}", proc)
+        path = f"/v2/models/{card.name}/versions/{card.version}/infer"
+        print("MLServer REST (OIP v2 JSON, scikit-learn runtime)", flush=True)
+        T["MLServer REST"] = http_measure(hp, path, oip_json("input-0", row, "predict_proba"),
+                                          levels, args.warmup, args.duration)
+        print("MLServer gRPC (OIP v2, scikit-learn runtime)", flush=True)
+        T["MLServer gRPC"] = grpc_measure(
+            f"127.0.0.1:{gp}", GRPC_INFER,
+            oip_grpc(card.name, card.version, "input-0", row, "predict_proba"), levels,
+            args.warmup, args.duration)
+    finally:
+        stop(proc)
+
+    # plain BentoML service calling scikit-learn
+    py = peer_python("sklearn-bento")
+    hp = free_port()
+    proc = start([str(py), "-m", "bentoml", "serve", "sklearn_service:SklearnService",
+                  "--host", "127.0.0.1", "--port", str(hp)],
+                 {"PEER_MODEL_PATH": str(model_path)}, ROOT / "benchmarks" / "peers",
+                 logs / "sklearn-bento.log")
+    try:
+        wait_plain(hp, proc)
+        print("plain BentoML + scikit-learn REST", flush=True)
+        T["BentoML+sklearn REST"] = http_measure(
+            hp, "/predict_proba", json.dumps({"input": row.tolist()}).encode(), levels,
+            args.warmup, args.duration)
+    finally:
+        stop(proc)
+
+
+def wait_plain(port: int, proc: subprocess.Popen[bytes], timeout: float = 120) -> None:
+    import httpx
+
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError("plain BentoML server exited")
+        try:
+            if httpx.get(f"http://127.0.0.1:{port}/readyz").status_code == 200:
+                return
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.3)
+    raise RuntimeError("plain BentoML server not ready")
+
+
+def write_report(results: dict[str, Any]) -> None:
+    T = results["targets"]
+    levels = results["levels"]
+    lines = [
+        "## Serving (`benchmarks/serving.py`)", "",
+        f"Model `{results['model']}` ({results['estimator']}), one row per request, one "
+        f"worker process per server, {results['duration_s']:.0f} s per level after warm-up, "
+        f"one closed-loop load generator on the same machine ({results['machine']}). "
+        "Absolute numbers on a shared 2-core machine are noisy; read the ratios.", "",
+        "| target | " + " | ".join(f"req/s c={c}" for c in levels)
+        + " | p50 ms c=1 | p99 ms c=1 | p99 ms c=" + str(levels[-1]) + " |",
+        "|---" * (len(levels) + 4) + "|",
+    ]
+    for name, by_level in T.items():
+        cells = [f"{by_level[c]['rps']:.0f}" if c in by_level else
+                 (f"{by_level[str(c)]['rps']:.0f}" if str(c) in by_level else "–")
+                 for c in levels]
+        one = by_level.get(1) or by_level.get("1")
+        top = by_level.get(levels[-1]) or by_level.get(str(levels[-1]))
+        lines.append(f"| {name} | " + " | ".join(cells)
+                     + f" | {one['p50_ms']:.3f} | {one['p99_ms']:.3f} | "
+                     + (f"{top['p99_ms']:.3f}" if top else "–") + " |")
+    lines += ["", "Ratios (modelrail ÷ peer; throughput higher is better, latency lower is "
+                  "better):", ""]
+    for proto in ("REST", "gRPC"):
+        mine = T.get(f"modelrail {proto}")
+        if not mine:
+            continue
+        for peer in (f"MLServer {proto}", f"echo {proto}"):
+            other = T.get(peer)
+            if not other:
+                continue
+            tp = ", ".join(f"c={c}: {mine[c]['rps'] / other[c]['rps']:.2f}×" for c in levels)
+            lat = mine[1]["p50_ms"] / other[1]["p50_ms"]
+            lines.append(f"- {proto} vs {peer}: throughput {tp}; single-request p50 latency "
+                         f"{lat:.2f}×")
+    if "BentoML+sklearn REST" in T and "modelrail REST" in T:
+        m, p = T["modelrail REST"], T["BentoML+sklearn REST"]
+        tp = ", ".join(f"c={c}: {m[c]['rps'] / p[c]['rps']:.2f}×" for c in levels)
+        lines.append(f"- REST vs plain BentoML+scikit-learn: throughput {tp}; p50 "
+                     f"{m[1]['p50_ms'] / p[1]['p50_ms']:.2f}×")
+    ort = T["onnxruntime in-process"]["1"]
+    lines.append(f"- onnxruntime in-process floor: {ort['p50_ms'] * 1000:.1f} µs per call "
+                 f"(p50), {ort['rps']:.0f} calls/s on one thread")
+    section = "\n".join(lines) + "\n"
+    path = ROOT / "BENCHMARKS.md"
+    text = path.read_text() if path.exists() else "# Benchmarks\n\n"
+    start_marker, end_marker = "<!-- serving:start -->", "<!-- serving:end -->"
+    block = f"{start_marker}\n{section}{end_marker}"
+    if start_marker in text:
+        before, rest = text.split(start_marker, 1)
+        text = before + block + rest.split(end_marker, 1)[1]
+    else:
+        text = text.rstrip() + "\n\n" + block + "\n"
+    path.write_text(text)
+    print(section)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

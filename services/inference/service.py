@@ -11,8 +11,9 @@ modelrail.serving.config). Run it with `modelrail serve NAME:VERSION …`, or
 
 from __future__ import annotations
 
+import asyncio
 import logging
-import os  # after modelrail, which switches telemetry off first
+import os
 from typing import Any
 
 import bentoml
@@ -52,9 +53,11 @@ class InferenceService:
             metrics.set_model_info(model=model.name, version=model.version,
                                    sha256=model.card.sha256, ready=model.ready)
         self._grpc: Any = None
+        self._flusher: Any = None
 
     @bentoml.on_startup
     async def start_grpc(self) -> None:
+        self._flusher = asyncio.get_running_loop().create_task(metrics.flush_forever())
         self._grpc = await start_server(
             REPOSITORY, host=CONFIG.grpc_host, port=CONFIG.grpc_port,
             max_rows=CONFIG.max_rows, max_message_bytes=CONFIG.max_request_bytes)
@@ -65,6 +68,8 @@ class InferenceService:
         if self._grpc is not None:
             # stop accepting, let in-flight calls finish within the grace period
             await self._grpc.stop(grace=CONFIG.drain_seconds)
+        if self._flusher is not None:
+            self._flusher.cancel()
 
     def __is_ready__(self) -> bool:
         return REPOSITORY.ready

@@ -114,6 +114,7 @@ def test_error_fault_is_a_server_error_on_both_protocols(tmp_path: Path,
                 raise AssertionError("infer should have failed")
             except Exception as exc:
                 assert "StatusCode.INTERNAL" in str(exc)
+        time.sleep(0.5)  # metrics flush every 0.1 s
         text = httpx.get(f"{server.http_url}/metrics").text
         assert 'outcome="5xx"' in text and 'outcome="INTERNAL"' in text
     finally:

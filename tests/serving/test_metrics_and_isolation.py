@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import re
+import time
 
 import grpc
 import httpx
@@ -14,12 +15,15 @@ import pytest
 import tritonclient.grpc as tgrpc
 
 from modelrail.serving._proto import oip_v2_pb2 as pb
+from modelrail.serving.metrics import FLUSH_SECONDS
 from tests.conftest import Example, Server
 
 pytestmark = pytest.mark.slow
 
 
 def scrape(server: Server) -> dict[str, float]:
+    # metrics are flushed every FLUSH_SECONDS per worker: wait out a few intervals
+    time.sleep(5 * FLUSH_SECONDS)
     text = httpx.get(f"{server.http_url}/metrics").text
     out: dict[str, float] = {}
     for line in text.splitlines():

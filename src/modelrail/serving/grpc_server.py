@@ -143,9 +143,8 @@ def _unary(fn: Callable[..., Awaitable[Message]], *, counted: bool) -> Any:
         started = time.perf_counter()
         labels = {"model": "", "version": ""}
         code = "OK"
-        gauge = metrics.in_flight("grpc") if counted else None
-        if gauge is not None:
-            gauge.inc()
+        if counted:
+            metrics.request_started("grpc")
         try:
             reply = await (fn(data, ctx, labels) if counted else fn(data, ctx))
             return reply.SerializeToString()
@@ -160,8 +159,8 @@ def _unary(fn: Callable[..., Awaitable[Message]], *, counted: bool) -> Any:
             await ctx.abort(grpc.StatusCode.INTERNAL, f"internal error: {exc}")
             raise
         finally:
-            if gauge is not None:
-                gauge.dec()
+            if counted:
+                metrics.request_finished("grpc")
                 metrics.observe_request(model=labels["model"], version=labels["version"],
                                         protocol="grpc", outcome=code,
                                         seconds=time.perf_counter() - started)

@@ -95,15 +95,14 @@ def create_app(repo: ModelRepository, *, max_request_bytes: int, max_rows: int) 
     async def _timed(request: Request, handler: Any) -> Response:
         started = time.perf_counter()
         labels = {"model": "", "version": ""}
-        gauge = metrics.in_flight("rest")
-        gauge.inc()
+        metrics.request_started("rest")
         try:
             try:
                 response: Response = await handler(request, labels)
             except InferenceError as err:
                 response = error_response(err)
         finally:
-            gauge.dec()
+            metrics.request_finished("rest")
         metrics.observe_request(model=labels["model"], version=labels["version"],
                                 protocol="rest",
                                 outcome=metrics.http_outcome(response.status_code),

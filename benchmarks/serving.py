@@ -1,9 +1,10 @@
 """Serving benchmark: modelrail (REST, gRPC) against MLServer and a plain BentoML
 scikit-learn service, with two floors (onnxruntime in-process; a bare echo on the same
 HTTP/gRPC stacks), all driven by one load generator (loadgen.py), one server at a time,
-each with one worker process, serving the same fitted model.
+each with one worker process, serving the same fitted model. All servers are started
+first and measured one at a time in interleaved rounds; each figure is the median.
 
-    .venv/bin/python benchmarks/serving.py [--duration 5] [--levels 1,8,32]
+    .venv/bin/python benchmarks/serving.py [--duration 3] [--rounds 3] [--levels 1,8,32]
 
 Peers run from their own virtual environments under .modelrail/bench/venvs (created on
 first run with uv from pinned versions, so their pins never bend modelrail's). Results:
@@ -17,9 +18,11 @@ import asyncio
 import json
 import os
 import platform
+import statistics
 import subprocess
 import sys
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -99,31 +102,6 @@ def oip_grpc(model: str, version: str, input_name: str, row: np.ndarray, output:
     return msg.SerializeToString()
 
 
-def _row(res: Result, label: str, c: int) -> dict[str, float]:
-    if res.errors:
-        raise RuntimeError(f"{label}: {res.errors} errors at concurrency {c}")
-    out = {"rps": res.throughput, "p50_ms": res.percentile(0.5) * 1000,
-           "p99_ms": res.percentile(0.99) * 1000, "requests": res.requests}
-    print(f"    c={c:<3} {out['rps']:9.0f} req/s  p50 {out['p50_ms']:.3f} ms  "
-          f"p99 {out['p99_ms']:.3f} ms", flush=True)
-    return out
-
-
-def grpc_measure(target: str, method: str, payload: bytes, levels: list[int], warmup: float,
-                 duration: float) -> dict[int, dict[str, float]]:
-    return {c: _row(asyncio.run(run_grpc(target, method, payload, concurrency=c,
-                                         warmup=warmup, duration=duration)), target, c)
-            for c in levels}
-
-
-def http_measure(port: int, path: str, body: bytes, levels: list[int], warmup: float,
-                 duration: float) -> dict[int, dict[str, float]]:
-    request = http_request("127.0.0.1", port, path, body)
-    return {c: _row(asyncio.run(run_http("127.0.0.1", port, request, concurrency=c,
-                                         warmup=warmup, duration=duration)), path, c)
-            for c in levels}
-
-
 def inprocess_floor(onnx_bytes: bytes, row: np.ndarray, seconds: float) -> dict[str, float]:
     from modelrail.models.runtime import new_session
 
@@ -142,14 +120,46 @@ def inprocess_floor(onnx_bytes: bytes, row: np.ndarray, seconds: float) -> dict[
             "p99_ms": lat[int(len(lat) * 0.99)] * 1000, "requests": len(lat)}
 
 
+@dataclass
+class Target:
+    """One measured thing: how to reach it and what to send."""
+
+    name: str
+    kind: str  # "http" | "grpc"
+    address: Any  # (port, path) for HTTP; "host:port" for gRPC
+    payload: bytes
+    method: str = GRPC_INFER
+
+
+def measure_once(t: Target, c: int, warmup: float, duration: float) -> Result:
+    if t.kind == "http":
+        port, path = t.address
+        request = http_request("127.0.0.1", port, path, t.payload)
+        res = asyncio.run(run_http("127.0.0.1", port, request, concurrency=c, warmup=warmup,
+                                   duration=duration))
+    else:
+        res = asyncio.run(run_grpc(t.address, t.method, t.payload, concurrency=c,
+                                   warmup=warmup, duration=duration))
+    if res.errors:
+        raise RuntimeError(f"{t.name}: {res.errors} errors at concurrency {c}")
+    return res
+
+
 def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(description=(__doc__ or "").split("\n\n")[0])
     parser.add_argument("--model", default="iris:1")
     parser.add_argument("--levels", default="1,8,32")
-    parser.add_argument("--warmup", type=float, default=1.5)
-    parser.add_argument("--duration", type=float, default=5.0)
+    parser.add_argument("--warmup", type=float, default=1.0)
+    parser.add_argument("--duration", type=float, default=3.0)
+    parser.add_argument("--rounds", type=int, default=3,
+                        help="interleaved rounds; each figure is the median over rounds")
     parser.add_argument("--skip-peers", action="store_true", help="modelrail and floors only")
+    parser.add_argument("--report-only", action="store_true",
+                        help="rewrite BENCHMARKS.md from the last run's serving.json")
     args = parser.parse_args()
+    if args.report_only:
+        write_report(json.loads((WORK / "serving.json").read_text()))
+        return 0
     levels = [int(v) for v in args.levels.split(",")]
     WORK.mkdir(parents=True, exist_ok=True)
     logs = WORK / "logs"
@@ -161,62 +171,119 @@ def main() -> int:
     _, onnx_bytes = Registry().read_verified(card.name, card.version)
     results: dict[str, Any] = {"model": card.ref, "estimator": card.estimator,
                                "levels": levels, "duration_s": args.duration,
+                               "rounds": args.rounds,
                                "machine": f"{platform.machine()}, {os.cpu_count()} cores, "
                                           f"Python {platform.python_version()}",
                                "targets": {}}
-    T = results["targets"]
     print(f"model {card.ref} ({card.estimator}); one worker per server; loopback", flush=True)
+    procs: list[subprocess.Popen[bytes]] = []
+    runs: dict[str, dict[int, list[Result]]] = {}
+    ort_runs: list[dict[str, float]] = []
+    try:
+        targets = start_all(card, model_path, row, logs, procs, peers=not args.skip_peers)
+        runs = {t.name: {c: [] for c in levels} for t in targets}
+        for r in range(args.rounds):
+            print(f"round {r + 1}/{args.rounds}", flush=True)
+            ort_runs.append(inprocess_floor(onnx_bytes, row, args.duration))
+            for t in targets:
+                for c in levels:
+                    res = measure_once(t, c, args.warmup, args.duration)
+                    runs[t.name][c].append(res)
+                    print(f"  {t.name:<22} c={c:<3} {res.throughput:8.0f} req/s  "
+                          f"p50 {res.percentile(0.5) * 1000:.3f} ms", flush=True)
+    finally:
+        for p in procs:
+            stop(p)
+    T = results["targets"]
+    T["onnxruntime in-process"] = {1: _median_dicts(ort_runs)}
+    for name, by_level in runs.items():
+        T[name] = {c: _median_results(rs) for c, rs in by_level.items()}
+    (WORK / "serving.json").write_text(json.dumps(results, indent=2))
+    write_report(results)
+    return 0
 
-    print("floor: onnxruntime in-process (one row per call)", flush=True)
-    T["onnxruntime in-process"] = {"1": inprocess_floor(onnx_bytes, row, args.duration)}
 
-    # modelrail
+def _median_results(rs: list[Result]) -> dict[str, float]:
+    return _median_dicts([{"rps": r.throughput, "p50_ms": r.percentile(0.5) * 1000,
+                           "p99_ms": r.percentile(0.99) * 1000, "requests": r.requests}
+                          for r in rs])
+
+
+def _median_dicts(ds: list[dict[str, float]]) -> dict[str, float]:
+    return {k: float(statistics.median(d[k] for d in ds)) for k in ds[0]}
+
+
+def start_all(card: Any, model_path: Path, row: np.ndarray, logs: Path,
+              procs: list[subprocess.Popen[bytes]], *, peers: bool) -> list[Target]:
+    """Start every server (each idles while another is measured) and wait for all."""
     from modelrail.serving.config import ServingConfig
     from modelrail.serving.process import server_command, spawn
 
+    path = f"/v2/models/{card.name}/versions/{card.version}/infer"
     hp, gp = free_port(), free_port()
     cfg = ServingConfig.from_env({"MODELRAIL_MODELS": card.ref, "MODELRAIL_GRPC_PORT": str(gp),
                                   "MODELRAIL_GRPC_HOST": "127.0.0.1", "MODELRAIL_WORKERS": "1"})
     proc = spawn(server_command(cfg, http_host="127.0.0.1", http_port=hp),
                  log_path=logs / "modelrail.log")
-    try:
-        wait_http(f"http://127.0.0.1:{hp}", proc)
-        path = f"/v2/models/{card.name}/versions/{card.version}/infer"
-        print("modelrail REST (OIP v2 JSON)", flush=True)
-        T["modelrail REST"] = http_measure(hp, path, oip_json("input", row, "probabilities"),
-                                           levels, args.warmup, args.duration)
-        print("modelrail gRPC (OIP v2)", flush=True)
-        T["modelrail gRPC"] = grpc_measure(
-            f"127.0.0.1:{gp}", GRPC_INFER,
-            oip_grpc(card.name, card.version, "input", row, "probabilities"), levels,
-            args.warmup, args.duration)
-    finally:
-        stop(proc)
-
-    # echo floor on the same stacks
+    procs.append(proc)
+    wait_http(f"http://127.0.0.1:{hp}", proc)
+    targets = [
+        Target("modelrail REST", "http", (hp, path), oip_json("input", row, "probabilities")),
+        Target("modelrail gRPC", "grpc", f"127.0.0.1:{gp}",
+               oip_grpc(card.name, card.version, "input", row, "probabilities")),
+    ]
     hp, gp = free_port(), free_port()
     proc = start([sys.executable, "-m", "bentoml", "serve", "echo_service:EchoService",
                   "--host", "127.0.0.1", "--port", str(hp)],
                  {"ECHO_GRPC_PORT": str(gp)}, ROOT / "benchmarks" / "peers", logs / "echo.log")
-    try:
-        wait_echo(hp, proc)
-        body = oip_json("input", row, "probabilities")
-        print("floor: echo over BentoML HTTP", flush=True)
-        T["echo REST"] = http_measure(hp, "/echo", body, levels, args.warmup, args.duration)
-        print("floor: echo over grpc.aio in the BentoML worker", flush=True)
-        T["echo gRPC"] = grpc_measure(f"127.0.0.1:{gp}", "/bench.Echo/Echo",
-                                      oip_grpc(card.name, card.version, "input", row,
-                                               "probabilities"),
-                                      levels, args.warmup, args.duration)
-    finally:
-        stop(proc)
+    procs.append(proc)
+    wait_echo(hp, proc)
+    targets += [
+        Target("echo REST", "http", (hp, "/echo"), oip_json("input", row, "probabilities")),
+        Target("echo gRPC", "grpc", f"127.0.0.1:{gp}",
+               oip_grpc(card.name, card.version, "input", row, "probabilities"),
+               method="/bench.Echo/Echo"),
+    ]
+    if peers:
+        targets += start_peers(card, model_path, row, logs, procs)
+    return targets
 
-    if not args.skip_peers:
-        run_peers(T, model_path, card, row, levels, args, logs)
 
-    (WORK / "serving.json").write_text(json.dumps(results, indent=2))
-    write_report(results)
-    return 0
+def start_peers(card: Any, model_path: Path, row: np.ndarray, logs: Path,
+                procs: list[subprocess.Popen[bytes]]) -> list[Target]:
+    path = f"/v2/models/{card.name}/versions/{card.version}/infer"
+    # MLServer with its scikit-learn runtime, same fitted model, inference in-process
+    py = peer_python("mlserver")
+    mdir = WORK / "mlserver-repo"
+    (mdir / card.name).mkdir(parents=True, exist_ok=True)
+    hp, gp, mp = free_port(), free_port(), free_port()
+    (mdir / "settings.json").write_text(json.dumps({
+        "http_port": hp, "grpc_port": gp, "metrics_port": mp, "host": "127.0.0.1",
+        "parallel_workers": 0, "debug": False}))
+    (mdir / card.name / "model-settings.json").write_text(json.dumps({
+        "name": card.name, "implementation": "mlserver_sklearn.SKLearnModel",
+        "parameters": {"uri": str(model_path), "version": card.version}}))
+    proc = start([str(py.parent / "mlserver"), "start", str(mdir)], {}, mdir,
+                 logs / "mlserver.log")
+    procs.append(proc)
+    wait_http(f"http://127.0.0.1:{hp}", proc)
+    targets = [
+        Target("MLServer REST", "http", (hp, path), oip_json("input-0", row, "predict_proba")),
+        Target("MLServer gRPC", "grpc", f"127.0.0.1:{gp}",
+               oip_grpc(card.name, card.version, "input-0", row, "predict_proba")),
+    ]
+    # the plain BentoML way: a service calling scikit-learn
+    py = peer_python("sklearn-bento")
+    hp = free_port()
+    proc = start([str(py), "-m", "bentoml", "serve", "sklearn_service:SklearnService",
+                  "--host", "127.0.0.1", "--port", str(hp)],
+                 {"PEER_MODEL_PATH": str(model_path)}, ROOT / "benchmarks" / "peers",
+                 logs / "sklearn-bento.log")
+    procs.append(proc)
+    wait_plain(hp, proc)
+    targets.append(Target("BentoML+sklearn REST", "http", (hp, "/predict_proba"),
+                          json.dumps({"input": row.tolist()}).encode()))
+    return targets
 
 
 def wait_echo(port: int, proc: subprocess.Popen[bytes], timeout: float = 60) -> None:
@@ -236,52 +303,6 @@ def wait_echo(port: int, proc: subprocess.Popen[bytes], timeout: float = 60) -> 
     raise RuntimeError("echo server not ready")
 
 
-def run_peers(T: dict[str, Any], model_path: Path, card: Any, row: np.ndarray,
-              levels: list[int], args: argparse.Namespace, logs: Path) -> None:
-    # MLServer with its scikit-learn runtime, same fitted model
-    py = peer_python("mlserver")
-    mdir = WORK / "mlserver-repo"
-    (mdir / card.name).mkdir(parents=True, exist_ok=True)
-    hp, gp, mp = free_port(), free_port(), free_port()
-    (mdir / "settings.json").write_text(json.dumps({
-        "http_port": hp, "grpc_port": gp, "metrics_port": mp, "host": "127.0.0.1",
-        "parallel_workers": 0, "debug": False}))
-    (mdir / card.name / "model-settings.json").write_text(json.dumps({
-        "name": card.name, "implementation": "mlserver_sklearn.SKLearnModel",
-        "parameters": {"uri": str(model_path), "version": card.version}}))
-    proc = start([str(py.parent / "mlserver"), "start", str(mdir)], {}, mdir,
-                 logs / "mlserver.log")
-    try:
-        wait_http(f"http://127.0.0.1:{hp}", proc)
-        path = f"/v2/models/{card.name}/versions/{card.version}/infer"
-        print("MLServer REST (OIP v2 JSON, scikit-learn runtime)", flush=True)
-        T["MLServer REST"] = http_measure(hp, path, oip_json("input-0", row, "predict_proba"),
-                                          levels, args.warmup, args.duration)
-        print("MLServer gRPC (OIP v2, scikit-learn runtime)", flush=True)
-        T["MLServer gRPC"] = grpc_measure(
-            f"127.0.0.1:{gp}", GRPC_INFER,
-            oip_grpc(card.name, card.version, "input-0", row, "predict_proba"), levels,
-            args.warmup, args.duration)
-    finally:
-        stop(proc)
-
-    # plain BentoML service calling scikit-learn
-    py = peer_python("sklearn-bento")
-    hp = free_port()
-    proc = start([str(py), "-m", "bentoml", "serve", "sklearn_service:SklearnService",
-                  "--host", "127.0.0.1", "--port", str(hp)],
-                 {"PEER_MODEL_PATH": str(model_path)}, ROOT / "benchmarks" / "peers",
-                 logs / "sklearn-bento.log")
-    try:
-        wait_plain(hp, proc)
-        print("plain BentoML + scikit-learn REST", flush=True)
-        T["BentoML+sklearn REST"] = http_measure(
-            hp, "/predict_proba", json.dumps({"input": row.tolist()}).encode(), levels,
-            args.warmup, args.duration)
-    finally:
-        stop(proc)
-
-
 def wait_plain(port: int, proc: subprocess.Popen[bytes], timeout: float = 120) -> None:
     import httpx
 
@@ -299,12 +320,15 @@ def wait_plain(port: int, proc: subprocess.Popen[bytes], timeout: float = 120) -
 
 
 def write_report(results: dict[str, Any]) -> None:
-    T = results["targets"]
+    # level keys are ints in memory and strings once through JSON
+    T = {name: {int(c): v for c, v in by.items()} for name, by in results["targets"].items()}
     levels = results["levels"]
     lines = [
         "## Serving (`benchmarks/serving.py`)", "",
         f"Model `{results['model']}` ({results['estimator']}), one row per request, one "
         f"worker process per server, {results['duration_s']:.0f} s per level after warm-up, "
+        f"median of {results['rounds']} interleaved rounds (all servers up, one measured at "
+        "a time), "
         f"one closed-loop load generator on the same machine ({results['machine']}). "
         "Absolute numbers on a shared 2-core machine are noisy; read the ratios.", "",
         "| target | " + " | ".join(f"req/s c={c}" for c in levels)
@@ -312,11 +336,9 @@ def write_report(results: dict[str, Any]) -> None:
         "|---" * (len(levels) + 4) + "|",
     ]
     for name, by_level in T.items():
-        cells = [f"{by_level[c]['rps']:.0f}" if c in by_level else
-                 (f"{by_level[str(c)]['rps']:.0f}" if str(c) in by_level else "–")
-                 for c in levels]
-        one = by_level.get(1) or by_level.get("1")
-        top = by_level.get(levels[-1]) or by_level.get(str(levels[-1]))
+        cells = [f"{by_level[c]['rps']:.0f}" if c in by_level else "–" for c in levels]
+        one = by_level[1]
+        top = by_level.get(levels[-1])
         lines.append(f"| {name} | " + " | ".join(cells)
                      + f" | {one['p50_ms']:.3f} | {one['p99_ms']:.3f} | "
                      + (f"{top['p99_ms']:.3f}" if top else "–") + " |")
@@ -339,7 +361,7 @@ def write_report(results: dict[str, Any]) -> None:
         tp = ", ".join(f"c={c}: {m[c]['rps'] / p[c]['rps']:.2f}×" for c in levels)
         lines.append(f"- REST vs plain BentoML+scikit-learn: throughput {tp}; p50 "
                      f"{m[1]['p50_ms'] / p[1]['p50_ms']:.2f}×")
-    ort = T["onnxruntime in-process"]["1"]
+    ort = T["onnxruntime in-process"][1]
     lines.append(f"- onnxruntime in-process floor: {ort['p50_ms'] * 1000:.1f} µs per call "
                  f"(p50), {ort['rps']:.0f} calls/s on one thread")
     section = "\n".join(lines) + "\n"

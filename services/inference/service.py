@@ -36,8 +36,11 @@ REST_APP = create_app(REPOSITORY, max_request_bytes=CONFIG.max_request_bytes,
 @bentoml.service(
     name="modelrail-inference",
     workers=CONFIG.workers,
-    traffic={"timeout": 30, "max_concurrency": 1024},
+    traffic={"timeout": 30},
     logging={"access": {"enabled": CONFIG.access_log}},
+    # BentoML's request metrics duplicate modelrail's (served by the REST app at /metrics)
+    # and cost a multiprocess write per request.
+    metrics={"enabled": False},
     # OpenTelemetry spans on the OIP routes cost more than the inference itself (measured in
     # BENCHMARKS.md); they stay on for BentoML's own routes, and all come back with
     # MODELRAIL_TRACING=1.

@@ -1,7 +1,9 @@
 """Prometheus metrics of the serving path, exposed by BentoML at /metrics.
 
-Series (every worker's counts appear in one scrape, through prometheus_client's
-multiprocess mode, which BentoML sets up for its workers):
+Served by the REST app at /metrics (BentoML's own request metrics are switched off: they
+duplicated these and cost a multiprocess write per request). Series (every worker's counts
+appear in one scrape, through prometheus_client's multiprocess mode, which BentoML sets up
+for its workers):
   modelrail_requests_total{model,version,protocol,outcome}
       outcome: HTTP status class (2xx, 4xx, 5xx) or gRPC status code name (OK, INTERNAL, …)
   modelrail_request_duration_seconds{model,version,protocol}   histogram, 50 µs – 10 s
@@ -13,15 +15,16 @@ multiprocess mode, which BentoML sets up for its workers):
 Requests that name no servable model are counted under model="" version="".
 
 Updates are buffered in plain Python and flushed to the multiprocess files every
-FLUSH_SECONDS by `flush_forever` (started in each worker): a multiprocess write costs more
-than the whole inference (measured: 22% of a REST request's CPU), so scrapes trail the
-truth by at most that interval.
+FLUSH_SECONDS by `flush_forever` (started in each worker) and before each scrape: a
+multiprocess write costs more than the whole inference (measured: 22% of a REST request's
+CPU), so a scrape trails the other workers by at most that interval.
 """
 
 from __future__ import annotations
 
 import asyncio
 import bisect
+import os
 from collections import defaultdict
 from functools import cache
 from typing import Any
@@ -159,6 +162,20 @@ async def flush_forever(interval: float = FLUSH_SECONDS) -> None:
             flush()
     finally:
         flush()
+
+
+def exposition() -> tuple[bytes, str]:
+    """The Prometheus text of every worker. Call `flush()` first, on the event loop that
+    records (this may then run in a thread: it only reads the multiprocess files)."""
+    import prometheus_client as prom
+    from prometheus_client import multiprocess
+
+    if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+        registry = prom.CollectorRegistry()
+        multiprocess.MultiProcessCollector(registry)  # type: ignore[no-untyped-call]
+    else:  # a single process (tests, embedding)
+        registry = prom.REGISTRY
+    return prom.generate_latest(registry), prom.CONTENT_TYPE_LATEST
 
 
 def set_model_info(*, model: str, version: str, sha256: str, ready: bool) -> None:

@@ -7,12 +7,14 @@ Routes (KServe / Triton "V2" REST, plus one convenience route):
   POST /v2/models/{name}[/versions/{version}]/infer     JSON tensors or binary extension
   POST /predict/{name}[/{version}]                      records with feature names in,
                                                         labels and class probabilities out
+  GET  /metrics                                         Prometheus (metrics.py)
 Thin: decode → inference.execute → encode. Errors answer {"error": "..."} with 400, 404,
 413 or 503; a 500 only ever means a fault of the server or model, never of the input.
 """
 
 from __future__ import annotations
 
+import asyncio
 import json
 import math
 import time
@@ -86,6 +88,11 @@ def create_app(repo: ModelRepository, *, max_request_bytes: int, max_rows: int) 
         body = {"name": model.name, "version": model.version, "ready": model.ready}
         return JSONResponse(body, status_code=200 if model.ready else 503)
 
+    async def prometheus(_: Request) -> Response:
+        metrics.flush()  # this worker's pending updates, on the loop that records them
+        body, content_type = await asyncio.to_thread(metrics.exposition)
+        return Response(body, media_type=content_type)
+
     async def infer(request: Request) -> Response:
         return await _timed(request, _infer)
 
@@ -138,6 +145,7 @@ def create_app(repo: ModelRepository, *, max_request_bytes: int, max_rows: int) 
         *[Route(p, model_metadata, methods=["GET"]) for p in model_paths],
         *[Route(p + "/ready", model_ready, methods=["GET"]) for p in model_paths],
         *[Route(p + "/infer", infer, methods=["POST"]) for p in model_paths],
+        Route("/metrics", prometheus, methods=["GET"]),
         Route("/predict/{name}", predict, methods=["POST"]),
         Route("/predict/{name}/{version}", predict, methods=["POST"]),
     ]

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 
@@ -80,3 +82,16 @@ def test_config_errors(env: dict[str, str], fragment: str) -> None:
 def test_parse_model_ref_round_trip() -> None:
     ref = parse_model_ref("diabetes:2")
     assert (ref.name, ref.version, ref.sha256) == ("diabetes", "2", None)
+
+
+def test_serving_processes_run_with_telemetry_off(monkeypatch: pytest.MonkeyPatch) -> None:
+    from modelrail.serving.process import server_command
+
+    monkeypatch.setenv("ORT_DISABLE_TELEMETRY", "0")  # even if the caller's env says otherwise
+    monkeypatch.delenv("BENTOML_DO_NOT_TRACK", raising=False)
+    cmd = server_command(ServingConfig.from_env({"MODELRAIL_MODELS": "iris:1"}),
+                         http_host="127.0.0.1", http_port=8000)
+    assert cmd.env["ORT_DISABLE_TELEMETRY"] == "1"
+    assert cmd.env["BENTOML_DO_NOT_TRACK"] == "true"
+    # a private BentoML home whose model store is the shared one
+    assert (Path(cmd.env["BENTOML_HOME"]) / "models").is_symlink()

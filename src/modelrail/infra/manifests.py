@@ -1,0 +1,448 @@
+"""Kubernetes objects of an environment, as plain dicts: the single source of truth.
+
+Pure functions of the StackConfig (no I/O, no Pulumi, no cluster). Used by the Pulumi
+components (components.py), by `modelrail render`, by the environment diff and parity
+check, and by the rollout controller when it derives a canary from the stable Deployment
+(`model_deployment(..., track="canary", version=…)`).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from modelrail.infra.config import ModelSpec, RolloutPolicy, StackConfig
+
+Obj = dict[str, Any]
+
+GROUP = "modelrail.dev"
+CRD_VERSION = "v1alpha1"
+ROLLOUT_API = f"{GROUP}/{CRD_VERSION}"
+HTTP_PORT = 3000  # BentoML's port in the image
+GRPC_PORT = 8001
+RUN_AS = 1034  # the image's numeric non-root user (services/inference/Dockerfile.template)
+CONTROLLER_HEALTH_PORT = 8080
+SERVING_SA = "modelrail-inference"
+CONTROLLER_SA = "modelrail-controller"
+CI_SA = "modelrail-ci"
+PART_OF = {"app.kubernetes.io/part-of": "modelrail"}
+GATEWAY_API = "gateway.networking.k8s.io/v1"
+
+
+def _meta(name: str, cfg: StackConfig, *, namespaced: bool = True,
+          labels: dict[str, str] | None = None) -> Obj:
+    meta: Obj = {"name": name, "labels": {**PART_OF, "modelrail.dev/environment":
+                                          cfg.environment, **(labels or {})}}
+    if namespaced:
+        meta["namespace"] = cfg.namespace
+    return meta
+
+
+def _pod_security() -> Obj:
+    return {"runAsNonRoot": True, "runAsUser": RUN_AS, "runAsGroup": RUN_AS, "fsGroup": RUN_AS,
+            "seccompProfile": {"type": "RuntimeDefault"}}
+
+
+def _container_security() -> Obj:
+    return {"allowPrivilegeEscalation": False, "readOnlyRootFilesystem": True,
+            "runAsNonRoot": True, "capabilities": {"drop": ["ALL"]},
+            "seccompProfile": {"type": "RuntimeDefault"}}
+
+
+# --- environment -------------------------------------------------------------------------
+
+def namespace(cfg: StackConfig) -> Obj:
+    psa = {f"pod-security.kubernetes.io/{mode}": "restricted"
+           for mode in ("enforce", "audit", "warn")}
+    psa["pod-security.kubernetes.io/enforce-version"] = "latest"
+    return {"apiVersion": "v1", "kind": "Namespace",
+            "metadata": _meta(cfg.namespace, cfg, namespaced=False, labels=psa)}
+
+
+def resource_quota(cfg: StackConfig) -> Obj:
+    return {"apiVersion": "v1", "kind": "ResourceQuota", "metadata": _meta("modelrail", cfg),
+            "spec": {"hard": {"requests.cpu": cfg.quota.cpu,
+                              "requests.memory": cfg.quota.memory,
+                              "pods": str(cfg.quota.pods)}}}
+
+
+def limit_range(cfg: StackConfig) -> Obj:
+    r = cfg.resources
+    return {"apiVersion": "v1", "kind": "LimitRange", "metadata": _meta("modelrail", cfg),
+            "spec": {"limits": [{"type": "Container",
+                                 "default": {"cpu": r.cpu_limit, "memory": r.memory_limit},
+                                 "defaultRequest": {"cpu": r.cpu_request,
+                                                    "memory": r.memory_request}}]}}
+
+
+def _ns_selector(name: str) -> Obj:
+    return {"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": name}}}
+
+
+def _ports(*ports: int, protocol: str = "TCP") -> list[Obj]:
+    return [{"protocol": protocol, "port": p} for p in ports]
+
+
+def network_policies(cfg: StackConfig) -> list[Obj]:
+    """Default deny, then only what serving, the gateway, monitoring and the controller need."""
+    api = "networking.k8s.io/v1"
+    inference = {"matchLabels": {"app.kubernetes.io/component": "inference"}}
+    return [
+        {"apiVersion": api, "kind": "NetworkPolicy", "metadata": _meta("default-deny", cfg),
+         "spec": {"podSelector": {}, "policyTypes": ["Ingress", "Egress"]}},
+        {"apiVersion": api, "kind": "NetworkPolicy", "metadata": _meta("allow-dns", cfg),
+         "spec": {"podSelector": {}, "policyTypes": ["Egress"],
+                  "egress": [{"to": [_ns_selector("kube-system")],
+                              "ports": _ports(53, protocol="UDP") + _ports(53)}]}},
+        {"apiVersion": api, "kind": "NetworkPolicy",
+         "metadata": _meta("allow-inference-ingress", cfg),
+         "spec": {"podSelector": inference, "policyTypes": ["Ingress"],
+                  "ingress": [
+                      {"from": [_ns_selector(cfg.gateway.namespace)],
+                       "ports": _ports(HTTP_PORT, GRPC_PORT)},
+                      # the controller and load-test Jobs of this namespace
+                      {"from": [{"podSelector": {"matchExpressions": [{
+                          "key": "app.kubernetes.io/component", "operator": "In",
+                          "values": ["controller", "loadtest"]}]}}],
+                       "ports": _ports(HTTP_PORT, GRPC_PORT)},
+                      {"from": [_ns_selector(cfg.monitoring_namespace)],
+                       "ports": _ports(HTTP_PORT)}]}},
+        {"apiVersion": api, "kind": "NetworkPolicy",
+         "metadata": _meta("allow-controller-egress", cfg),
+         "spec": {"podSelector": {"matchLabels": {"app.kubernetes.io/component": "controller"}},
+                  "policyTypes": ["Egress"],
+                  "egress": [
+                      {"to": [{"podSelector": inference}], "ports": _ports(HTTP_PORT, GRPC_PORT)},
+                      {"to": [_ns_selector(cfg.monitoring_namespace)], "ports": _ports(9090)},
+                      # the Kubernetes API server (its address differs per cluster)
+                      {"ports": _ports(443, 6443)}]}},
+        {"apiVersion": api, "kind": "NetworkPolicy",
+         "metadata": _meta("allow-loadtest-egress", cfg),
+         "spec": {"podSelector": {"matchLabels": {"app.kubernetes.io/component": "loadtest"}},
+                  "policyTypes": ["Egress"],
+                  "egress": [{"to": [{"podSelector": inference}],
+                              "ports": _ports(HTTP_PORT, GRPC_PORT)}]}},
+    ]
+
+
+def service_accounts(cfg: StackConfig) -> list[Obj]:
+    return [{"apiVersion": "v1", "kind": "ServiceAccount", "metadata": _meta(name, cfg),
+             "automountServiceAccountToken": name != SERVING_SA}
+            for name in (SERVING_SA, CONTROLLER_SA, CI_SA)]
+
+
+def _rule(groups: list[str], resources: list[str], verbs: list[str]) -> Obj:
+    return {"apiGroups": groups, "resources": resources, "verbs": verbs}
+
+
+READ = ["get", "list", "watch"]
+CI_RULES = [
+    # start, follow, promote and abort rollouts; read what they act on
+    _rule([GROUP], ["modelrollouts"], [*READ, "create", "patch", "update"]),
+    _rule([GROUP], ["modelrollouts/status"], ["get"]),
+    _rule(["apps"], ["deployments"], READ),
+    _rule([""], ["events"], READ),
+]
+CONTROLLER_RULES = [
+    _rule([GROUP], ["modelrollouts"], [*READ, "patch"]),
+    _rule([GROUP], ["modelrollouts/status"], ["get", "patch", "update"]),
+    _rule(["apps"], ["deployments"], [*READ, "create", "patch", "delete"]),
+    _rule([""], ["services"], READ),
+    _rule(["gateway.networking.k8s.io"], ["httproutes", "grpcroutes"], [*READ, "patch"]),
+    _rule(["autoscaling"], ["horizontalpodautoscalers"], [*READ, "create", "patch", "delete"]),
+    _rule(["batch"], ["jobs"], [*READ, "create", "delete"]),
+    _rule([""], ["pods"], READ),
+    _rule([""], ["pods/log"], ["get"]),
+    _rule([""], ["events"], ["create", "patch"]),
+]
+
+
+def rbac(cfg: StackConfig) -> list[Obj]:
+    """Least-privilege Roles (namespaced, no wildcards) for the CI deployer and controller."""
+    out: list[Obj] = []
+    for name, sa, rules in (("modelrail-ci", CI_SA, CI_RULES),
+                            ("modelrail-controller", CONTROLLER_SA, CONTROLLER_RULES)):
+        out.append({"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "Role",
+                    "metadata": _meta(name, cfg), "rules": rules})
+        out.append({"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "RoleBinding",
+                    "metadata": _meta(name, cfg),
+                    "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role",
+                                "name": name},
+                    "subjects": [{"kind": "ServiceAccount", "name": sa,
+                                  "namespace": cfg.namespace}]})
+    return out
+
+
+def environment(cfg: StackConfig) -> list[Obj]:
+    return [namespace(cfg), resource_quota(cfg), limit_range(cfg), *network_policies(cfg),
+            *service_accounts(cfg), *rbac(cfg)]
+
+
+# --- model serving -----------------------------------------------------------------------
+
+def model_labels(model: str, track: str) -> dict[str, str]:
+    return {"app.kubernetes.io/name": model, "app.kubernetes.io/component": "inference",
+            "modelrail.dev/track": track}
+
+
+def model_deployment(cfg: StackConfig, model: ModelSpec, *, track: str = "stable") -> Obj:
+    """The serving Deployment of one model version; the controller builds the canary with
+    track="canary" and the candidate ModelSpec."""
+    labels = model_labels(model.name, track)
+    r = cfg.resources
+    http_get = {"path": "/v2/health/ready", "port": "http"}
+    container = {
+        "name": "inference", "image": cfg.image,
+        "ports": [{"name": "http", "containerPort": HTTP_PORT, "protocol": "TCP"},
+                  {"name": "grpc", "containerPort": GRPC_PORT, "protocol": "TCP"}],
+        "env": [{"name": "MODELRAIL_MODELS", "value": model.ref},
+                {"name": "MODELRAIL_GRPC_PORT", "value": str(GRPC_PORT)},
+                {"name": "MODELRAIL_WORKERS", "value": str(cfg.workers)},
+                {"name": "BENTOML_PORT", "value": str(HTTP_PORT)}],
+        "resources": {"requests": {"cpu": r.cpu_request, "memory": r.memory_request},
+                      "limits": {"cpu": r.cpu_limit, "memory": r.memory_limit}},
+        "readinessProbe": {"httpGet": http_get, "periodSeconds": 5, "failureThreshold": 2},
+        "livenessProbe": {"httpGet": {"path": "/v2/health/live", "port": "http"},
+                          "periodSeconds": 10, "failureThreshold": 3},
+        "startupProbe": {"httpGet": {"path": "/v2/health/live", "port": "http"},
+                         "periodSeconds": 2, "failureThreshold": 60},
+        "securityContext": _container_security(),
+        # writable places on a read-only root filesystem: scratch and BentoML's metrics dir
+        "volumeMounts": [{"name": "tmp", "mountPath": "/tmp"},
+                         {"name": "metrics", "mountPath": "/home/bentoml/prometheus_multiproc_dir"}],
+    }
+    return {
+        "apiVersion": "apps/v1", "kind": "Deployment",
+        "metadata": _meta(f"{model.name}-{track}", cfg,
+                          labels={**labels, "modelrail.dev/model-version": model.version}),
+        "spec": {
+            "selector": {"matchLabels": labels},
+            "strategy": {"type": "RollingUpdate",
+                         "rollingUpdate": {"maxUnavailable": 0, "maxSurge": 1}},
+            "template": {
+                "metadata": {"labels": {**labels, **PART_OF,
+                                        "modelrail.dev/model-version": model.version},
+                             "annotations": {"prometheus.io/scrape": "true",
+                                             "prometheus.io/port": str(HTTP_PORT),
+                                             "prometheus.io/path": "/metrics"}},
+                "spec": {"serviceAccountName": SERVING_SA,
+                         "automountServiceAccountToken": False,
+                         "securityContext": _pod_security(),
+                         "terminationGracePeriodSeconds": 30,
+                         "containers": [container],
+                         "volumes": [{"name": "tmp", "emptyDir": {}},
+                                     {"name": "metrics", "emptyDir": {}}]}}}}
+
+
+def model_service(cfg: StackConfig, model: str, track: str) -> Obj:
+    return {"apiVersion": "v1", "kind": "Service",
+            "metadata": _meta(f"{model}-{track}", cfg, labels=model_labels(model, track)),
+            "spec": {"selector": model_labels(model, track),
+                     "ports": [{"name": "http", "port": HTTP_PORT, "targetPort": "http",
+                                "protocol": "TCP", "appProtocol": "http"},
+                               {"name": "grpc", "port": GRPC_PORT, "targetPort": "grpc",
+                                "protocol": "TCP", "appProtocol": "kubernetes.io/h2c"}]}}
+
+
+def autoscaler(cfg: StackConfig, model: str, track: str = "stable",
+               *, min_replicas: int | None = None, max_replicas: int | None = None) -> Obj:
+    a = cfg.autoscaling
+    return {"apiVersion": "autoscaling/v2", "kind": "HorizontalPodAutoscaler",
+            "metadata": _meta(f"{model}-{track}", cfg, labels=model_labels(model, track)),
+            "spec": {"scaleTargetRef": {"apiVersion": "apps/v1", "kind": "Deployment",
+                                        "name": f"{model}-{track}"},
+                     "minReplicas": a.min_replicas if min_replicas is None else min_replicas,
+                     "maxReplicas": a.max_replicas if max_replicas is None else max_replicas,
+                     "metrics": [{"type": "Resource", "resource": {
+                         "name": "cpu", "target": {"type": "Utilization",
+                                                   "averageUtilization":
+                                                       a.target_cpu_utilization}}}],
+                     "behavior": {
+                         "scaleUp": {"stabilizationWindowSeconds":
+                                     a.scale_up_stabilization_seconds,
+                                     "policies": [{"type": "Percent", "value": 100,
+                                                   "periodSeconds": 15}]},
+                         "scaleDown": {"stabilizationWindowSeconds":
+                                       a.scale_down_stabilization_seconds,
+                                       "policies": [{"type": "Pods", "value": 1,
+                                                     "periodSeconds": 60}]}}}}
+
+
+def disruption_budget(cfg: StackConfig, model: str) -> Obj:
+    return {"apiVersion": "policy/v1", "kind": "PodDisruptionBudget",
+            "metadata": _meta(f"{model}-stable", cfg, labels=model_labels(model, "stable")),
+            "spec": {"maxUnavailable": 1,
+                     "selector": {"matchLabels": model_labels(model, "stable")}}}
+
+
+def _backends(model: str, port: int, canary_weight: int) -> list[Obj]:
+    return [{"name": f"{model}-stable", "port": port, "weight": 100 - canary_weight},
+            {"name": f"{model}-canary", "port": port, "weight": canary_weight}]
+
+
+def http_route(cfg: StackConfig, model: str, canary_weight: int = 0) -> Obj:
+    return {"apiVersion": GATEWAY_API, "kind": "HTTPRoute",
+            "metadata": _meta(model, cfg, labels={"app.kubernetes.io/name": model}),
+            "spec": {"parentRefs": [{"name": cfg.gateway.name,
+                                     "namespace": cfg.gateway.namespace}],
+                     "hostnames": [f"{model}.{cfg.hostname}"],
+                     "rules": [{"matches": [{"path": {"type": "PathPrefix", "value": "/"}}],
+                                "backendRefs": _backends(model, HTTP_PORT, canary_weight)}]}}
+
+
+def grpc_route(cfg: StackConfig, model: str, canary_weight: int = 0) -> Obj:
+    return {"apiVersion": GATEWAY_API, "kind": "GRPCRoute",
+            "metadata": _meta(model, cfg, labels={"app.kubernetes.io/name": model}),
+            "spec": {"parentRefs": [{"name": cfg.gateway.name,
+                                     "namespace": cfg.gateway.namespace}],
+                     "hostnames": [f"{model}.{cfg.hostname}"],
+                     "rules": [{"matches": [{"method": {
+                         "type": "Exact", "service": "inference.GRPCInferenceService"}}],
+                         "backendRefs": _backends(model, GRPC_PORT, canary_weight)}]}}
+
+
+def rollout_spec(policy: RolloutPolicy, model: ModelSpec) -> Obj:
+    return {
+        "model": model.name, "version": model.version,
+        **({"sha256": model.sha256} if model.sha256 else {}),
+        "steps": list(policy.steps), "stepSeconds": policy.step_seconds,
+        "analysisIntervalSeconds": policy.analysis_interval_seconds,
+        "thresholds": {"maxErrorRate": policy.max_error_rate,
+                       "maxP99LatencyMs": policy.max_p99_latency_ms,
+                       "maxLatencyRatio": policy.max_latency_ratio,
+                       "maxErrorRateIncrease": policy.max_error_rate_increase,
+                       "maxLabelDisagreement": policy.max_label_disagreement,
+                       "minRequestsPerStep": policy.min_requests_per_step},
+        "failureLimit": policy.failure_limit,
+        "progressDeadlineSeconds": policy.progress_deadline_seconds,
+        "manualGates": list(policy.manual_gates),
+    }
+
+
+def model_rollout(cfg: StackConfig, model: ModelSpec) -> Obj:
+    return {"apiVersion": ROLLOUT_API, "kind": "ModelRollout",
+            "metadata": _meta(model.name, cfg, labels={"app.kubernetes.io/name": model.name}),
+            "spec": rollout_spec(cfg.rollout, model)}
+
+
+def model_serving(cfg: StackConfig, model: ModelSpec) -> list[Obj]:
+    return [model_deployment(cfg, model), model_service(cfg, model.name, "stable"),
+            model_service(cfg, model.name, "canary"), autoscaler(cfg, model.name),
+            disruption_budget(cfg, model.name), http_route(cfg, model.name),
+            grpc_route(cfg, model.name), model_rollout(cfg, model)]
+
+
+# --- rollout controller ------------------------------------------------------------------
+
+def _num(minimum: float | None = None, maximum: float | None = None,
+         integer: bool = False) -> Obj:
+    s: Obj = {"type": "integer" if integer else "number"}
+    if minimum is not None:
+        s["minimum"] = minimum
+    if maximum is not None:
+        s["maximum"] = maximum
+    return s
+
+
+PHASES = ["Initializing", "Progressing", "Paused", "Promoting", "Succeeded", "RollingBack",
+          "RolledBack", "Failed", "Aborted"]
+
+
+def rollout_crd() -> Obj:
+    """The ModelRollout CustomResourceDefinition with a full structural schema."""
+    weight = _num(1, 100, integer=True)
+    spec = {
+        "type": "object", "required": ["model", "version", "steps"],
+        "properties": {
+            "model": {"type": "string", "pattern": r"^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$"},
+            "version": {"type": "string", "minLength": 1, "maxLength": 63},
+            "sha256": {"type": "string", "pattern": "^[0-9a-f]{64}$"},
+            "steps": {"type": "array", "minItems": 1, "maxItems": 20, "items": weight},
+            "stepSeconds": _num(5, 3600, integer=True),
+            "analysisIntervalSeconds": _num(1, 600, integer=True),
+            "thresholds": {"type": "object", "properties": {
+                "maxErrorRate": _num(0, 1), "maxP99LatencyMs": _num(0, 60000),
+                "maxLatencyRatio": _num(1, 100), "maxErrorRateIncrease": _num(0, 1),
+                "maxLabelDisagreement": _num(0, 1),
+                "minRequestsPerStep": _num(1, 1000000, integer=True)}},
+            "failureLimit": _num(0, 100, integer=True),
+            "progressDeadlineSeconds": _num(30, 86400, integer=True),
+            "manualGates": {"type": "array", "items": weight},
+            "abort": {"type": "boolean"},
+            "promote": {"type": "boolean"},
+        }}
+    status = {"type": "object", "properties": {
+        "phase": {"type": "string", "enum": PHASES},
+        "stableVersion": {"type": "string"}, "canaryVersion": {"type": "string"},
+        "step": _num(0, 20, integer=True), "canaryWeight": _num(0, 100, integer=True),
+        "message": {"type": "string"},
+        "observedGeneration": {"type": "integer", "format": "int64"},
+        "lastAnalysis": {"type": "object", "x-kubernetes-preserve-unknown-fields": True},
+        "conditions": {"type": "array", "items": {
+            "type": "object", "required": ["type", "status"],
+            "properties": {"type": {"type": "string"},
+                           "status": {"type": "string", "enum": ["True", "False", "Unknown"]},
+                           "reason": {"type": "string"}, "message": {"type": "string"},
+                           "lastTransitionTime": {"type": "string", "format": "date-time"}}}}}}
+    columns = [
+        {"name": "Model", "type": "string", "jsonPath": ".spec.model"},
+        {"name": "Stable", "type": "string", "jsonPath": ".status.stableVersion"},
+        {"name": "Canary", "type": "string", "jsonPath": ".status.canaryVersion"},
+        {"name": "Weight", "type": "integer", "jsonPath": ".status.canaryWeight"},
+        {"name": "Phase", "type": "string", "jsonPath": ".status.phase"},
+        {"name": "Age", "type": "date", "jsonPath": ".metadata.creationTimestamp"},
+    ]
+    return {"apiVersion": "apiextensions.k8s.io/v1", "kind": "CustomResourceDefinition",
+            "metadata": {"name": f"modelrollouts.{GROUP}", "labels": dict(PART_OF)},
+            "spec": {"group": GROUP, "scope": "Namespaced",
+                     "names": {"plural": "modelrollouts", "singular": "modelrollout",
+                               "kind": "ModelRollout", "shortNames": ["mro"]},
+                     "versions": [{"name": CRD_VERSION, "served": True, "storage": True,
+                                   "subresources": {"status": {}},
+                                   "additionalPrinterColumns": columns,
+                                   "schema": {"openAPIV3Schema": {
+                                       "type": "object",
+                                       "properties": {"spec": spec, "status": status}}}}]}}
+
+
+def controller_deployment(cfg: StackConfig) -> Obj:
+    labels = {"app.kubernetes.io/name": "modelrail-controller",
+              "app.kubernetes.io/component": "controller"}
+    return {
+        "apiVersion": "apps/v1", "kind": "Deployment",
+        "metadata": _meta("modelrail-controller", cfg, labels=labels),
+        "spec": {
+            "replicas": 1,
+            "selector": {"matchLabels": labels},
+            "strategy": {"type": "Recreate"},  # one active controller at a time
+            "template": {
+                "metadata": {"labels": {**labels, **PART_OF}},
+                "spec": {
+                    "serviceAccountName": CONTROLLER_SA,
+                    "securityContext": _pod_security(),
+                    "containers": [{
+                        "name": "controller", "image": cfg.controller_image,
+                        "args": ["kopf", "run", "--standalone", "--namespace", cfg.namespace,
+                                 "--liveness",
+                                 f"http://0.0.0.0:{CONTROLLER_HEALTH_PORT}/healthz",
+                                 "-m", "modelrail.rollout.operator"],
+                        "ports": [{"name": "health", "containerPort": CONTROLLER_HEALTH_PORT}],
+                        "env": [{"name": "MODELRAIL_NAMESPACE", "value": cfg.namespace}],
+                        "resources": {"requests": {"cpu": "100m", "memory": "128Mi"},
+                                      "limits": {"cpu": "500m", "memory": "256Mi"}},
+                        "livenessProbe": {"httpGet": {"path": "/healthz", "port": "health"},
+                                          "periodSeconds": 10},
+                        "securityContext": _container_security(),
+                        "volumeMounts": [{"name": "tmp", "mountPath": "/tmp"}]}],
+                    "volumes": [{"name": "tmp", "emptyDir": {}}]}}}}
+
+
+def controller(cfg: StackConfig) -> list[Obj]:
+    return [rollout_crd(), controller_deployment(cfg)]
+
+
+def render(cfg: StackConfig) -> list[Obj]:
+    """Every object of the environment, in apply order."""
+    objs = [*environment(cfg), *controller(cfg)]
+    for model in cfg.models:
+        objs += model_serving(cfg, model)
+    return objs

@@ -8,6 +8,7 @@ env      diff two environments object by object and field by field; `parity` che
 from __future__ import annotations
 
 import argparse
+import itertools
 from pathlib import Path
 from typing import Any
 
@@ -80,7 +81,7 @@ def _parity(args: argparse.Namespace) -> int:
     stacks = sorted(p.name.split(".")[1] for p in args.project.glob("Pulumi.*.yaml"))
     configs = {s: load_stack(s, args.project) for s in stacks}
     failed = False
-    for a, b in zip(stacks, stacks[1:], strict=False):
+    for a, b in itertools.pairwise(stacks):
         bad = unexplained(diff(configs[a], configs[b]))
         for d in bad:
             print(f"DRIFT {a} vs {b}: {d.obj} {d.path or '(object)'}: {d.a!r} -> {d.b!r}")

@@ -8,6 +8,8 @@ names the stack, the key, the bad value and what is accepted.
 
 from __future__ import annotations
 
+import contextlib
+import itertools
 import json
 import re
 from pathlib import Path
@@ -117,7 +119,7 @@ class RolloutPolicy(_Model):
         s = self.steps
         if any(w <= 0 or w > 100 for w in s):
             raise ValueError(f"steps {s}: every weight must be from 1 to 100")
-        if any(b <= a for a, b in zip(s, s[1:], strict=False)):
+        if any(b <= a for a, b in itertools.pairwise(s)):
             raise ValueError(f"steps {s} are not strictly increasing")
         if self.analysis_interval_seconds > self.step_seconds:
             raise ValueError("analysisIntervalSeconds is longer than stepSeconds")
@@ -139,7 +141,10 @@ class Gateway(_Model):
     name: str
     namespace: str
 
-    _check = field_validator("name", "namespace")(lambda v: _dns(v))
+    @field_validator("name", "namespace")
+    @classmethod
+    def _check(cls, v: str) -> str:
+        return _dns(v)
 
 
 def _dns(v: str) -> str:
@@ -262,10 +267,8 @@ def from_pulumi(stack: str) -> StackConfig:
     raw: dict[str, Any] = {**runtime_config.get_config_env(), **runtime_config.CONFIG.get()}
     values: dict[str, Any] = {}
     for key, value in raw.items():
-        if isinstance(value, str) and value[:1] in "[{":
-            try:
-                value = json.loads(value)
-            except json.JSONDecodeError:
-                pass
         values[key] = value
+        if isinstance(value, str) and value[:1] in "[{":
+            with contextlib.suppress(json.JSONDecodeError):
+                values[key] = json.loads(value)
     return parse(stack, values, source="Pulumi config")

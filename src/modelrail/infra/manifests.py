@@ -208,7 +208,8 @@ def model_deployment(cfg: StackConfig, model: ModelSpec, *, track: str = "stable
         "securityContext": _container_security(),
         # writable places on a read-only root filesystem: scratch and BentoML's metrics dir
         "volumeMounts": [{"name": "tmp", "mountPath": "/tmp"},
-                         {"name": "metrics", "mountPath": "/home/bentoml/prometheus_multiproc_dir"}],
+                         {"name": "metrics",
+                          "mountPath": "/home/bentoml/prometheus_multiproc_dir"}],
     }
     return {
         "apiVersion": "apps/v1", "kind": "Deployment",

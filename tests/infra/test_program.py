@@ -116,3 +116,17 @@ def test_program_declares_nothing_on_bad_config() -> None:
 def test_infra_main_is_the_thin_entry_point() -> None:
     text = (Path(ROOT) / "infra" / "__main__.py").read_text()
     assert "from modelrail.infra.program import main" in text and "main()" in text
+
+
+def test_controller_install_owns_its_account_and_rbac() -> None:
+    _, urns = run_program("dev", stack_values("dev"))
+    # urns only cover model children; check the builders' grouping instead
+    from modelrail.infra import manifests
+
+    cfg = load_stack("dev", ROOT)
+    kinds = [(o["kind"], o["metadata"]["name"]) for o in manifests.controller(cfg)]
+    assert kinds == [("CustomResourceDefinition", "modelrollouts.modelrail.dev"),
+                     ("ServiceAccount", "modelrail-controller"),
+                     ("Role", "modelrail-controller"), ("RoleBinding", "modelrail-controller"),
+                     ("Deployment", "modelrail-controller")]
+    assert urns  # the program ran

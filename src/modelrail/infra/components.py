@@ -1,7 +1,9 @@
 """Pulumi ComponentResources over the manifest builders: one per concept.
 
-  modelrail:infra:Environment         namespace, quota, limits, network policy, accounts, RBAC
-  modelrail:infra:RolloutController   the ModelRollout CRD and the controller Deployment
+  modelrail:infra:Environment         namespace, quota, limits, network policy, the serving and
+                                      CI accounts, the CI deployer's RBAC
+  modelrail:infra:RolloutController   the ModelRollout CRD, the controller's account, RBAC and
+                                      Deployment
   modelrail:infra:ModelDeployment     one model's Deployment, Services, HPA, PDB, routes and
                                       ModelRollout
 Children are created from the builders' dicts through an explicit kind → resource class
@@ -95,8 +97,7 @@ class Environment(pulumi.ComponentResource):
         self.resources = _children(self, rest, depends_on=[self.namespace])
         self.namespace_name = args.config.namespace
         self.register_outputs({"namespace": self.namespace_name,
-                               "service_accounts": [manifests.SERVING_SA,
-                                                    manifests.CONTROLLER_SA, manifests.CI_SA]})
+                               "service_accounts": [manifests.SERVING_SA, manifests.CI_SA]})
 
 
 @dataclass(frozen=True)
@@ -109,14 +110,15 @@ class RolloutController(pulumi.ComponentResource):
     def __init__(self, name: str, args: RolloutControllerArgs,
                  opts: pulumi.ResourceOptions | None = None) -> None:
         super().__init__("modelrail:infra:RolloutController", name, None, opts)
-        crd, deployment = manifests.controller(args.config)
+        crd, *access, deployment = manifests.controller(args.config)
         self.crd = create(crd, pulumi.ResourceOptions(parent=self))
-        env_deps: list[pulumi.Resource] = [args.environment.namespace,
-                                           *args.environment.resources.values()]
+        self.access = _children(self, access, depends_on=[args.environment.namespace])
         self.deployment = create(deployment, pulumi.ResourceOptions(
-            parent=self, depends_on=[self.crd, *env_deps]))
+            parent=self, depends_on=[self.crd, args.environment.namespace,
+                                     *self.access.values()]))
         self.register_outputs({"crd": crd["metadata"]["name"],
-                               "deployment": deployment["metadata"]["name"]})
+                               "deployment": deployment["metadata"]["name"],
+                               "service_account": manifests.CONTROLLER_SA})
 
 
 @dataclass(frozen=True)

@@ -124,10 +124,9 @@ def network_policies(cfg: StackConfig) -> list[Obj]:
     ]
 
 
-def service_accounts(cfg: StackConfig) -> list[Obj]:
-    return [{"apiVersion": "v1", "kind": "ServiceAccount", "metadata": _meta(name, cfg),
-             "automountServiceAccountToken": name != SERVING_SA}
-            for name in (SERVING_SA, CONTROLLER_SA, CI_SA)]
+def service_account(cfg: StackConfig, name: str) -> Obj:
+    return {"apiVersion": "v1", "kind": "ServiceAccount", "metadata": _meta(name, cfg),
+            "automountServiceAccountToken": name != SERVING_SA}
 
 
 def _rule(groups: list[str], resources: list[str], verbs: list[str]) -> Obj:
@@ -156,25 +155,22 @@ CONTROLLER_RULES = [
 ]
 
 
-def rbac(cfg: StackConfig) -> list[Obj]:
-    """Least-privilege Roles (namespaced, no wildcards) for the CI deployer and controller."""
-    out: list[Obj] = []
-    for name, sa, rules in (("modelrail-ci", CI_SA, CI_RULES),
-                            ("modelrail-controller", CONTROLLER_SA, CONTROLLER_RULES)):
-        out.append({"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "Role",
-                    "metadata": _meta(name, cfg), "rules": rules})
-        out.append({"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "RoleBinding",
-                    "metadata": _meta(name, cfg),
-                    "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role",
-                                "name": name},
-                    "subjects": [{"kind": "ServiceAccount", "name": sa,
-                                  "namespace": cfg.namespace}]})
-    return out
+def role(cfg: StackConfig, name: str, sa: str, rules: list[Obj]) -> list[Obj]:
+    """A least-privilege Role (namespaced, no wildcards) and its binding to one account."""
+    return [{"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "Role",
+             "metadata": _meta(name, cfg), "rules": rules},
+            {"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "RoleBinding",
+             "metadata": _meta(name, cfg),
+             "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": name},
+             "subjects": [{"kind": "ServiceAccount", "name": sa, "namespace": cfg.namespace}]}]
 
 
 def environment(cfg: StackConfig) -> list[Obj]:
+    """The namespace and what every environment has regardless of models: quota, limits,
+    network policy, the serving and CI accounts, and the CI deployer's Role."""
     return [namespace(cfg), resource_quota(cfg), limit_range(cfg), *network_policies(cfg),
-            *service_accounts(cfg), *rbac(cfg)]
+            service_account(cfg, SERVING_SA), service_account(cfg, CI_SA),
+            *role(cfg, "modelrail-ci", CI_SA, CI_RULES)]
 
 
 # --- model serving -----------------------------------------------------------------------
@@ -438,7 +434,10 @@ def controller_deployment(cfg: StackConfig) -> Obj:
 
 
 def controller(cfg: StackConfig) -> list[Obj]:
-    return [rollout_crd(), controller_deployment(cfg)]
+    """The controller install: CRD first, then its account, Role and Deployment."""
+    return [rollout_crd(), service_account(cfg, CONTROLLER_SA),
+            *role(cfg, "modelrail-controller", CONTROLLER_SA, CONTROLLER_RULES),
+            controller_deployment(cfg)]
 
 
 def render(cfg: StackConfig) -> list[Obj]:

@@ -286,37 +286,32 @@ def start_peers(card: Any, model_path: Path, row: np.ndarray, logs: Path,
     return targets
 
 
-def wait_echo(port: int, proc: subprocess.Popen[bytes], timeout: float = 60) -> None:
+def wait_for(url: str, proc: subprocess.Popen[bytes], what: str, *, method: str = "GET",
+             timeout: float = 120) -> None:
+    """Poll `url` until it answers 200 (a peer without OIP health routes)."""
     import httpx
 
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if proc.poll() is not None:
-            raise RuntimeError("echo server exited")
+            raise RuntimeError(f"{what} exited; see .modelrail/bench/logs")
         try:
-            if httpx.post(f"http://127.0.0.1:{port}/echo", content=b"{}").status_code == 200:
-                time.sleep(1.0)  # let the gRPC hook finish
+            if httpx.request(method, url, content=b"{}" if method == "POST" else None
+                             ).status_code == 200:
                 return
         except httpx.HTTPError:
             pass
         time.sleep(0.2)
-    raise RuntimeError("echo server not ready")
+    raise RuntimeError(f"{what} not ready after {timeout:.0f}s")
 
 
-def wait_plain(port: int, proc: subprocess.Popen[bytes], timeout: float = 120) -> None:
-    import httpx
+def wait_echo(port: int, proc: subprocess.Popen[bytes]) -> None:
+    wait_for(f"http://127.0.0.1:{port}/echo", proc, "echo server", method="POST")
+    time.sleep(1.0)  # its gRPC server starts in the same startup hook, just after
 
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise RuntimeError("plain BentoML server exited")
-        try:
-            if httpx.get(f"http://127.0.0.1:{port}/readyz").status_code == 200:
-                return
-        except httpx.HTTPError:
-            pass
-        time.sleep(0.3)
-    raise RuntimeError("plain BentoML server not ready")
+
+def wait_plain(port: int, proc: subprocess.Popen[bytes]) -> None:
+    wait_for(f"http://127.0.0.1:{port}/readyz", proc, "plain BentoML server")
 
 
 def write_report(results: dict[str, Any]) -> None:

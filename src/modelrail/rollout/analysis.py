@@ -1,0 +1,191 @@
+"""Analysis: measurements of one interval → a verdict. Providers measure; this decides.
+
+Rules (each check is one small function; the worst status wins):
+  - no data is never success: no canary traffic, fewer than `min_requests`, no model-gate
+    comparisons or no load result (when required) make the check INCONCLUSIVE, never PASS;
+  - a load test that produced no requests FAILS;
+  - errors are judged statistically: when the 99% Wilson lower bound of the canary's error
+    rate is already above the limit, the check FAILS *decisively* — however few requests
+    there were — so a clearly bad canary is stopped at once, not at the end of a step;
+  - canary is compared with stable (error-rate increase, p99 ratio), not only held to
+    absolute limits.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from enum import IntEnum
+
+from modelrail.rollout.spec import RolloutSpec
+
+Z99 = 2.576  # two-sided 99% normal quantile for the Wilson interval
+
+
+class Status(IntEnum):
+    """Ordered by severity: the worst status of all checks is the verdict."""
+
+    PASS = 0
+    INCONCLUSIVE = 1
+    FAIL = 2
+
+
+@dataclass(frozen=True)
+class TrafficSample:
+    """Requests served by one track during the interval."""
+
+    requests: int
+    errors: int
+    p99_ms: float | None
+
+
+@dataclass(frozen=True)
+class GateSample:
+    """Canary and stable answering the same inputs (mirrored or replayed)."""
+
+    compared: int
+    disagreements: int  # labels that differ (classification) or outputs beyond tolerance
+    distance: float | None = None  # distribution distance of predictions, informative
+
+
+@dataclass(frozen=True)
+class LoadSample:
+    """A load-verification run (Locust) against the canary during the interval."""
+
+    requests: int
+    failures: int
+
+
+@dataclass(frozen=True)
+class Measurements:
+    canary: TrafficSample | None = None
+    stable: TrafficSample | None = None
+    gate: GateSample | None = None
+    load: LoadSample | None = None
+
+
+@dataclass(frozen=True)
+class Check:
+    name: str
+    status: Status
+    detail: str
+    decisive: bool = False  # a FAIL certain enough to roll back now
+
+
+@dataclass(frozen=True)
+class Verdict:
+    status: Status
+    checks: tuple[Check, ...]
+
+    @property
+    def decisive(self) -> bool:
+        return any(c.decisive for c in self.checks)
+
+    def summary(self) -> str:
+        return "; ".join(f"{c.name}: {c.status.name} ({c.detail})" for c in self.checks)
+
+
+def wilson(k: int, n: int, z: float = Z99) -> tuple[float, float]:
+    """Wilson score interval of a proportion k/n."""
+    if n == 0:
+        return 0.0, 1.0
+    p = k / n
+    denom = 1 + z * z / n
+    centre = (p + z * z / (2 * n)) / denom
+    half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / denom
+    return max(0.0, centre - half), min(1.0, centre + half)
+
+
+def check_errors(spec: RolloutSpec, m: Measurements) -> Check:
+    t = spec.thresholds
+    c = m.canary
+    if c is None or c.requests == 0:
+        return Check("errors", Status.INCONCLUSIVE, "no canary requests")
+    rate = c.errors / c.requests
+    low, _ = wilson(c.errors, c.requests)
+    if low > t.max_error_rate:
+        return Check("errors", Status.FAIL, f"error rate {rate:.2%} of {c.requests}, "
+                     f"certainly above {t.max_error_rate:.2%}", decisive=True)
+    if c.requests < t.min_requests:
+        return Check("errors", Status.INCONCLUSIVE,
+                     f"{c.requests} requests < {t.min_requests} needed")
+    if rate > t.max_error_rate:
+        return Check("errors", Status.FAIL, f"error rate {rate:.2%} > {t.max_error_rate:.2%}")
+    return Check("errors", Status.PASS, f"error rate {rate:.2%} of {c.requests}")
+
+
+def check_error_increase(spec: RolloutSpec, m: Measurements) -> Check | None:
+    """Relative to stable; not applicable while stable has too little traffic to compare
+    (at weight 100 it has none), inconclusive while the canary has too little."""
+    t = spec.thresholds
+    c, s = m.canary, m.stable
+    if s is None or s.requests < t.min_requests:
+        return None
+    if c is None or c.requests < t.min_requests:
+        return Check("error increase", Status.INCONCLUSIVE, "not enough canary traffic")
+    increase = c.errors / c.requests - s.errors / s.requests
+    canary_low, _ = wilson(c.errors, c.requests)
+    _, stable_high = wilson(s.errors, s.requests)
+    if canary_low - stable_high > t.max_error_rate_increase:
+        return Check("error increase", Status.FAIL, f"+{increase:.2%} over stable",
+                     decisive=True)
+    if increase > t.max_error_rate_increase:
+        return Check("error increase", Status.FAIL,
+                     f"+{increase:.2%} > +{t.max_error_rate_increase:.2%} over stable")
+    return Check("error increase", Status.PASS, f"{increase:+.2%} vs stable")
+
+
+def check_latency(spec: RolloutSpec, m: Measurements) -> Check:
+    t = spec.thresholds
+    c, s = m.canary, m.stable
+    if c is None or c.p99_ms is None or c.requests < t.min_requests:
+        return Check("latency", Status.INCONCLUSIVE, "not enough canary requests for a p99")
+    if c.p99_ms > t.max_p99_latency_ms:
+        return Check("latency", Status.FAIL,
+                     f"p99 {c.p99_ms:.1f} ms > {t.max_p99_latency_ms:.1f} ms")
+    if s is not None and s.p99_ms and s.requests >= t.min_requests:
+        ratio = c.p99_ms / s.p99_ms
+        if ratio > t.max_latency_ratio:
+            return Check("latency", Status.FAIL,
+                         f"p99 {ratio:.2f}x stable > {t.max_latency_ratio:.2f}x")
+        return Check("latency", Status.PASS, f"p99 {c.p99_ms:.1f} ms, {ratio:.2f}x stable")
+    return Check("latency", Status.PASS, f"p99 {c.p99_ms:.1f} ms")
+
+
+def check_model_gate(spec: RolloutSpec, m: Measurements) -> Check | None:
+    if not spec.require_model_gate and m.gate is None:
+        return None
+    g = m.gate
+    if g is None or g.compared == 0:
+        return Check("model gate", Status.INCONCLUSIVE, "no comparisons of canary and stable")
+    limit = spec.thresholds.max_label_disagreement
+    rate = g.disagreements / g.compared
+    low, _ = wilson(g.disagreements, g.compared)
+    distance = f", distance {g.distance:.3f}" if g.distance is not None else ""
+    if low > limit:
+        return Check("model gate", Status.FAIL,
+                     f"{rate:.1%} of {g.compared} answers differ{distance}", decisive=True)
+    if g.compared < spec.thresholds.min_requests:
+        return Check("model gate", Status.INCONCLUSIVE,
+                     f"{g.compared} comparisons < {spec.thresholds.min_requests}")
+    if rate > limit:
+        return Check("model gate", Status.FAIL, f"{rate:.1%} > {limit:.1%} answers differ")
+    return Check("model gate", Status.PASS, f"{rate:.1%} of {g.compared} differ{distance}")
+
+
+def check_load(spec: RolloutSpec, m: Measurements) -> Check | None:
+    if not spec.require_load and m.load is None:
+        return None
+    if m.load is None:
+        return Check("load", Status.INCONCLUSIVE, "no load-test result yet")
+    if m.load.requests == 0:
+        return Check("load", Status.FAIL, "the load test produced no requests", decisive=True)
+    return Check("load", Status.PASS,
+                 f"{m.load.requests} requests, {m.load.failures} failed")
+
+
+def analyse(spec: RolloutSpec, m: Measurements) -> Verdict:
+    optional = (check_error_increase(spec, m), check_model_gate(spec, m), check_load(spec, m))
+    checks = [check_errors(spec, m), check_latency(spec, m),
+              *(c for c in optional if c is not None)]
+    return Verdict(status=max(c.status for c in checks), checks=tuple(checks))

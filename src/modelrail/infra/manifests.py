@@ -276,25 +276,26 @@ def _backends(model: str, port: int, canary_weight: int) -> list[Obj]:
             {"name": f"{model}-canary", "port": port, "weight": canary_weight}]
 
 
-def http_route(cfg: StackConfig, model: str, canary_weight: int = 0) -> Obj:
-    return {"apiVersion": GATEWAY_API, "kind": "HTTPRoute",
+def _route(cfg: StackConfig, model: str, kind: str, port: int, match: Obj,
+           canary_weight: int) -> Obj:
+    return {"apiVersion": GATEWAY_API, "kind": kind,
             "metadata": _meta(model, cfg, labels={"app.kubernetes.io/name": model}),
             "spec": {"parentRefs": [{"name": cfg.gateway.name,
                                      "namespace": cfg.gateway.namespace}],
                      "hostnames": [f"{model}.{cfg.hostname}"],
-                     "rules": [{"matches": [{"path": {"type": "PathPrefix", "value": "/"}}],
-                                "backendRefs": _backends(model, HTTP_PORT, canary_weight)}]}}
+                     "rules": [{"matches": [match],
+                                "backendRefs": _backends(model, port, canary_weight)}]}}
+
+
+def http_route(cfg: StackConfig, model: str, canary_weight: int = 0) -> Obj:
+    return _route(cfg, model, "HTTPRoute", HTTP_PORT,
+                  {"path": {"type": "PathPrefix", "value": "/"}}, canary_weight)
 
 
 def grpc_route(cfg: StackConfig, model: str, canary_weight: int = 0) -> Obj:
-    return {"apiVersion": GATEWAY_API, "kind": "GRPCRoute",
-            "metadata": _meta(model, cfg, labels={"app.kubernetes.io/name": model}),
-            "spec": {"parentRefs": [{"name": cfg.gateway.name,
-                                     "namespace": cfg.gateway.namespace}],
-                     "hostnames": [f"{model}.{cfg.hostname}"],
-                     "rules": [{"matches": [{"method": {
-                         "type": "Exact", "service": "inference.GRPCInferenceService"}}],
-                         "backendRefs": _backends(model, GRPC_PORT, canary_weight)}]}}
+    return _route(cfg, model, "GRPCRoute", GRPC_PORT,
+                  {"method": {"type": "Exact", "service": "inference.GRPCInferenceService"}},
+                  canary_weight)
 
 
 def rollout_spec(policy: RolloutPolicy, model: ModelSpec) -> Obj:

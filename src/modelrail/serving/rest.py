@@ -71,18 +71,18 @@ def create_app(repo: ModelRepository, *, max_request_bytes: int, max_rows: int) 
         return JSONResponse({"name": SERVER_NAME, "version": __version__,
                              "extensions": EXTENSIONS})
 
+    def resolve(request: Request) -> LoadedModel:
+        return repo.resolve(request.path_params["name"], request.path_params.get("version"))
+
     async def model_metadata(request: Request) -> Response:
         try:
-            model = repo.resolve(request.path_params["name"],
-                                 request.path_params.get("version"))
+            return JSONResponse(metadata_of(resolve(request), repo))
         except InferenceError as err:
             return error_response(err)
-        return JSONResponse(metadata_of(model, repo))
 
     async def model_ready(request: Request) -> Response:
         try:
-            model = repo.resolve(request.path_params["name"],
-                                 request.path_params.get("version"))
+            model = resolve(request)
         except InferenceError as err:
             return error_response(err)
         body = {"name": model.name, "version": model.version, "ready": model.ready}
@@ -118,8 +118,7 @@ def create_app(repo: ModelRepository, *, max_request_bytes: int, max_rows: int) 
 
     async def _infer(request: Request, labels: dict[str, str]) -> Response:
         name = request.path_params["name"]
-        version = request.path_params.get("version")
-        model = repo.resolve(name, version)
+        model = resolve(request)
         labels.update(model=model.name, version=model.version)
         body = await read_body(request, max_request_bytes)
         req = decode_infer(body, request.headers.get(HEADER_LENGTH), name, model.version)
@@ -127,7 +126,7 @@ def create_app(repo: ModelRepository, *, max_request_bytes: int, max_rows: int) 
         return encode_infer(resp)
 
     async def _predict(request: Request, labels: dict[str, str]) -> Response:
-        model = repo.resolve(request.path_params["name"], request.path_params.get("version"))
+        model = resolve(request)
         labels.update(model=model.name, version=model.version)
         body = await read_body(request, max_request_bytes)
         rows = decode_records(body, model)

@@ -115,3 +115,9 @@ def test_metadata_and_default_version(server: Server, examples: dict[str, Exampl
     assert grpc_meta["outputs"] == [{"name": "predictions", "datatype": "FP32",
                                      "shape": ["-1", "1"]}]
     assert httpx.get(f"{server.http_url}/v2/models/iris/versions/1/ready").json()["ready"]
+
+
+def test_standard_grpc_health_service(server: Server) -> None:
+    from tests.serving.test_lifecycle import grpc_health
+
+    assert grpc_health(server) == b"\x08\x01"  # grpc.health.v1: SERVING

@@ -28,6 +28,12 @@ BODY = {"inputs": [{"name": "input", "datatype": "FP32", "shape": [1, 4],
                     "data": ROW[0].tolist()}]}
 
 
+def grpc_health(server: Server) -> bytes:
+    """Call the standard grpc.health.v1.Health/Check (empty request = whole server)."""
+    with grpc.insecure_channel(server.grpc_target) as ch:
+        return bytes(ch.unary_unary("/grpc.health.v1.Health/Check")(b"", timeout=5))
+
+
 def _wait_live(server: Server, timeout: float = 60) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
@@ -63,6 +69,7 @@ def test_never_ready_model_keeps_the_server_unready(tmp_path: Path,
         assert r.status_code == 503 and "not ready" in r.json()["error"]
         client = tgrpc.InferenceServerClient(server.grpc_target)
         assert client.is_server_live() and not client.is_server_ready()
+        assert grpc_health(server) == b"\x08\x02"  # grpc.health.v1: NOT_SERVING
         assert not client.is_model_ready("iris", "1") and client.is_model_ready("iris", "2")
     finally:
         stop(server.proc)

@@ -168,6 +168,21 @@ def _unary(fn: Callable[..., Awaitable[Message]], *, counted: bool) -> Any:
     return grpc.unary_unary_rpc_method_handler(handler)
 
 
+HEALTH_SERVICE = "grpc.health.v1.Health"
+# grpc.health.v1.HealthCheckResponse{status: SERVING (1) | NOT_SERVING (2)}, encoded by hand:
+# field 1, varint. The standard health protocol that Kubernetes gRPC probes and proxies
+# (Traefik's gRPC health checks on the local platform) call.
+_SERVING, _NOT_SERVING = b"\x08\x01", b"\x08\x02"
+
+
+def health_handler(repo: ModelRepository) -> grpc.GenericRpcHandler:
+    async def check(data: bytes, ctx: grpc.aio.ServicerContext[bytes, bytes]) -> bytes:
+        return _SERVING if repo.ready else _NOT_SERVING
+
+    return grpc.method_handlers_generic_handler(
+        HEALTH_SERVICE, {"Check": grpc.unary_unary_rpc_method_handler(check)})
+
+
 def generic_handler(servicer: InferenceServicer) -> grpc.GenericRpcHandler:
     return grpc.method_handlers_generic_handler(SERVICE, {
         "ServerLive": _unary(servicer.server_live, counted=False),
@@ -186,8 +201,8 @@ async def start_server(repo: ModelRepository, *, host: str, port: int, max_rows:
         ("grpc.max_receive_message_length", max_message_bytes),
         ("grpc.max_send_message_length", max(max_message_bytes, 64 * 1024 * 1024)),
     ])
-    server.add_generic_rpc_handlers((generic_handler(InferenceServicer(repo,
-                                                                       max_rows=max_rows)),))
+    server.add_generic_rpc_handlers((
+        generic_handler(InferenceServicer(repo, max_rows=max_rows)), health_handler(repo)))
     bound = server.add_insecure_port(f"{host}:{port}")
     if bound == 0:
         raise OSError(f"cannot bind gRPC port {host}:{port}")

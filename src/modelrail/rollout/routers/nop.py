@@ -1,0 +1,17 @@
+"""NopRouter: an in-memory router that applies weights at once. For tests, and for "no mesh"
+setups where nothing splits traffic."""
+
+from __future__ import annotations
+
+
+class NopRouter:
+    def __init__(self) -> None:
+        self.weights: dict[str, int] = {}
+        self.calls: list[tuple[str, int]] = []
+
+    def set_weight(self, *, route: str, canary_weight: int) -> None:
+        self.calls.append((route, canary_weight))
+        self.weights[route] = canary_weight
+
+    def observed_weight(self, *, route: str) -> int | None:
+        return self.weights.get(route)

@@ -1,0 +1,67 @@
+"""ScrapeProvider against a real server: deltas between scrapes, server errors only, p99 from
+the histogram; plus the quantile arithmetic and counter resets on their own."""
+
+from __future__ import annotations
+
+import time
+
+import httpx
+import pytest
+
+from modelrail.rollout.metrics.scrape import ScrapeProvider, Track, _increase, quantile
+from modelrail.serving.metrics import FLUSH_SECONDS
+from modelrail.serving.process import stop
+from tests.conftest import Example, start_server
+
+BODY = {"inputs": [{"name": "input", "datatype": "FP32", "shape": [1, 4],
+                    "data": [5.1, 3.5, 1.4, 0.2]}]}
+
+
+def test_quantile_interpolates_like_histogram_quantile() -> None:
+    buckets = {0.001: 50.0, 0.002: 90.0, 0.005: 100.0, float("inf"): 100.0}
+    assert quantile(0.5, buckets) == pytest.approx(0.001)
+    assert quantile(0.99, buckets) == pytest.approx(0.002 + 0.003 * 0.9)
+    assert quantile(0.99, {0.001: 0.0, float("inf"): 0.0}) is None
+
+
+def test_counter_reset_counts_from_zero() -> None:
+    assert _increase(10, 4) == 6 and _increase(3, 40) == 3
+
+
+@pytest.mark.slow
+def test_scrape_provider_measures_a_real_server(examples: dict[str, Example],
+                                                tmp_path: object) -> None:
+    server = start_server(["iris:1", "iris:2"], tmp_path,  # type: ignore[arg-type]
+                          extra_env={"MODELRAIL_FAULTS": '{"iris:2": {"error_rate": 0.25}}'})
+    try:
+        provider = ScrapeProvider({
+            "stable": Track("iris", "1", (server.http_url,)),
+            "canary": Track("iris", "2", (server.http_url,))})
+        assert provider.online()
+        provider.sample(track="stable")
+        provider.sample(track="canary")  # baselines
+        with httpx.Client() as client:
+            for _ in range(40):
+                assert client.post(f"{server.http_url}/v2/models/iris/versions/1/infer",
+                                   json=BODY).status_code == 200
+            codes = [client.post(f"{server.http_url}/v2/models/iris/versions/2/infer",
+                                 json=BODY).status_code for _ in range(200)]
+            bad = {"inputs": [{"name": "input", "datatype": "FP32", "shape": [1, 3],
+                               "data": [1, 2, 3]}]}
+            for _ in range(5):  # client errors are not the canary's fault
+                assert client.post(f"{server.http_url}/v2/models/iris/versions/2/infer",
+                                   json=bad).status_code == 400
+        time.sleep(3 * FLUSH_SECONDS)
+        stable = provider.sample(track="stable")
+        canary = provider.sample(track="canary")
+        assert stable is not None and canary is not None
+        assert (stable.requests, stable.errors) == (40, 0)
+        assert canary.requests == 205 and canary.errors == codes.count(500)
+        assert 20 <= canary.errors <= 80  # about a quarter of 200
+        assert stable.p99_ms is not None and 0 < stable.p99_ms < 1000
+        again = provider.sample(track="stable")  # nothing new since
+        assert again is not None and again.requests == 0 and again.p99_ms is None
+    finally:
+        stop(server.proc)
+    # the server is gone: the provider says it cannot know, never "all good"
+    assert provider.sample(track="stable") is None and not provider.online()

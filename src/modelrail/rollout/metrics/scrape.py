@@ -111,7 +111,7 @@ class ScrapeProvider:
             for le, count in now.buckets.items():
                 buckets[le] += _increase(count, before.buckets.get(le, 0.0))
         p99 = quantile(0.99, dict(buckets))
-        return TrafficSample(requests=int(round(requests)), errors=int(round(errors)),
+        return TrafficSample(requests=round(requests), errors=round(errors),
                              p99_ms=None if p99 is None else p99 * 1000)
 
     def _get(self, url: str) -> str | None:

@@ -1,0 +1,31 @@
+"""Locust: OIP v2 REST infer requests. Run only as a subprocess (modelrail.rollout.load):
+locust monkey-patches the process with gevent, which breaks processes that use ssl/asyncio.
+
+Environment: MODELRAIL_LOAD_MODEL, MODELRAIL_LOAD_VERSION (optional),
+MODELRAIL_LOAD_ROWS (JSON file: a list of feature rows to send, one row per request).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+
+from locust import HttpUser, constant, task
+
+MODEL = os.environ["MODELRAIL_LOAD_MODEL"]
+VERSION = os.environ.get("MODELRAIL_LOAD_VERSION", "")
+with open(os.environ["MODELRAIL_LOAD_ROWS"]) as fh:
+    ROWS = json.load(fh)
+PATH = f"/v2/models/{MODEL}" + (f"/versions/{VERSION}" if VERSION else "") + "/infer"
+BODIES = [json.dumps({"inputs": [{"name": "input", "datatype": "FP64",
+                                  "shape": [1, len(r)], "data": r}]}) for r in ROWS]
+
+
+class OIPRestUser(HttpUser):
+    wait_time = constant(0)
+
+    @task
+    def infer(self) -> None:
+        self.client.post(PATH, data=random.choice(BODIES),
+                         headers={"Content-Type": "application/json"}, name="infer")

@@ -119,6 +119,35 @@ class TraefikRouter:
                 self._api_weight(f"{route}-grpc-weighted")}
         return seen.pop() if len(seen) == 1 else None
 
+    def applied_pools(self, *, route: str) -> bool:
+        """Whether Traefik already uses exactly the pools last written for `route`, on both
+        protocols (a file change takes it 1-2 s). Retire instances only after this."""
+        r = self.routes.get(route)
+        if r is None:
+            return False
+        for proto, scheme, idx in (("http", "http", 0), ("grpc", "h2c", 1)):
+            for track, pool in (("stable", r.stable), ("canary", r.canary)):
+                want = sorted(f"{scheme}://{self.host}:{p[idx]}" for p in pool.instances)
+                try:
+                    got = httpx.get(self._api(f"/api/http/services/{route}-{proto}-{track}"
+                                              "@file"), timeout=2)
+                except httpx.HTTPError:
+                    return False
+                if got.status_code != 200:
+                    return False
+                servers = got.json().get("loadBalancer", {}).get("servers", [])
+                if sorted(s["url"] for s in servers) != want:
+                    return False
+        return True
+
+    def wait_applied(self, *, route: str, timeout: float = 15.0) -> None:
+        deadline = time.monotonic() + timeout
+        while not self.applied_pools(route=route):
+            if time.monotonic() > deadline:
+                raise ModelrailError(f"traefik did not apply the pools of {route!r} within "
+                                     f"{timeout:.0f}s", where=str(self.workdir))
+            time.sleep(0.1)
+
     def _api_weight(self, service: str) -> int | None:
         try:
             r = httpx.get(self._api(f"/api/http/services/{service}@file"), timeout=2)

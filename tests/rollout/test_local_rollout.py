@@ -1,0 +1,92 @@
+"""End to end on the local platform, real processes and real load: a good canary is promoted
+with zero failed requests from the first weight change to the end; a canary that errors is
+rolled back automatically, with traffic back on stable."""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+from collections import Counter
+from pathlib import Path
+
+import httpx
+import pytest
+
+from modelrail.rollout.engine import Decision
+from modelrail.rollout.local_controller import LocalRollout
+from modelrail.rollout.platforms.local import LocalEnvironment
+from modelrail.rollout.spec import Phase, RolloutSpec, RolloutStatus, Thresholds
+from modelrail.serving.config import ModelRef
+from tests.conftest import Example
+
+pytestmark = pytest.mark.slow
+BODY = {"inputs": [{"name": "input", "datatype": "FP32", "shape": [1, 4],
+                    "data": [5.1, 3.5, 1.4, 0.2]}]}
+THRESHOLDS = Thresholds(max_error_rate=0.01, max_p99_latency_ms=250, max_latency_ratio=5.0,
+                        max_error_rate_increase=0.01, max_label_disagreement=0.1,
+                        min_requests=30)
+SPEC = RolloutSpec(model="iris", stable_version="1", canary_version="2", steps=(50, 100),
+                   step_seconds=4, thresholds=THRESHOLDS, failure_limit=1,
+                   progress_deadline_seconds=120)
+
+
+def run(examples: dict[str, Example], tmp_path: Path, faults: dict[str, object] | None,
+        ) -> tuple[RolloutStatus, Counter[object], list[Decision], LocalEnvironment]:
+    env = LocalEnvironment(name="dev", run_dir=tmp_path / "env",
+                           extra_env={"MODELRAIL_FAULTS": json.dumps(faults or {})})
+    env.start()
+    results: Counter[object] = Counter()
+    decisions: list[Decision] = []
+    try:
+        env.scale("iris", "stable", ref=ModelRef("iris", "1"), replicas=1)
+        env.router.set_weight(route="iris", canary_weight=0)
+        env.router.wait_applied(route="iris")
+        done = threading.Event()
+
+        def load() -> None:  # continuous client traffic through the proxy, bounded
+            started = time.monotonic()
+            with httpx.Client() as client:
+                while not done.is_set() and time.monotonic() - started < 240:
+                    try:
+                        r = client.post(f"http://127.0.0.1:{env.router.http_port}/v2/models/"
+                                        "iris/infer", json=BODY, timeout=10)
+                        results[r.status_code] += 1
+                    except httpx.HTTPError as exc:
+                        results[type(exc).__name__] += 1
+                    time.sleep(0.01)
+
+        thread = threading.Thread(target=load)
+        thread.start()
+        rollout = LocalRollout(env=env, spec=SPEC, rows=examples["iris:1"].split.X_test,
+                               task="classification", state_path=tmp_path / "state.json",
+                               on_decision=decisions.append)
+        status = rollout.run(deadline_seconds=200)
+        done.set()
+        thread.join(30)
+        assert RolloutStatus.from_dict(json.loads((tmp_path / "state.json").read_text())
+                                       ) == status  # persisted as it ended
+        return status, results, decisions, env
+    finally:
+        env.stop()
+
+
+def test_good_canary_is_promoted_without_a_failed_request(examples: dict[str, Example],
+                                                          tmp_path: Path) -> None:
+    status, results, decisions, env = run(examples, tmp_path, None)
+    assert status.phase is Phase.SUCCEEDED, status.message
+    assert [h["weight"] for h in status.history if h["action"] == "set_weight"] == [50, 100]
+    assert set(results) == {200} and results[200] > 100, results
+    assert env.track("iris", "stable").ref == ModelRef("iris", "2")
+
+
+def test_erroring_canary_is_rolled_back(examples: dict[str, Example], tmp_path: Path) -> None:
+    status, results, decisions, env = run(examples, tmp_path,
+                                          {"iris:2": {"error_rate": 0.3}})
+    assert status.phase is Phase.ROLLED_BACK, status.message
+    assert "errors: FAIL" in status.history[-2]["message"] or any(
+        "errors" in (h["verdict"] or "") for h in status.history)
+    assert env.track("iris", "stable").ref == ModelRef("iris", "1")
+    assert env.track("iris", "canary").instances == []
+    failed = sum(v for k, v in results.items() if k != 200)
+    assert failed / sum(results.values()) < 0.2  # bounded blast radius at the 50% step

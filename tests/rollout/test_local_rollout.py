@@ -78,14 +78,17 @@ def test_good_canary_is_promoted_without_a_failed_request(examples: dict[str, Ex
     assert [h["weight"] for h in status.history if h["action"] == "set_weight"] == [50, 100]
     assert set(results) == {200} and results[200] > 100, results
     assert env.track("iris", "stable").ref == ModelRef("iris", "2")
+    assert [d.action.value for d in decisions if d.action.value in ("promote", "complete")
+            ][-2:] == ["promote", "complete"]
 
 
 def test_erroring_canary_is_rolled_back(examples: dict[str, Example], tmp_path: Path) -> None:
     status, results, decisions, env = run(examples, tmp_path,
                                           {"iris:2": {"error_rate": 0.3}})
     assert status.phase is Phase.ROLLED_BACK, status.message
-    assert "errors: FAIL" in status.history[-2]["message"] or any(
-        "errors" in (h["verdict"] or "") for h in status.history)
+    rollback = next(d for d in decisions if d.action.value == "rollback")
+    assert rollback.verdict is not None and rollback.verdict.decisive
+    assert "errors: FAIL" in rollback.verdict.summary()
     assert env.track("iris", "stable").ref == ModelRef("iris", "1")
     assert env.track("iris", "canary").instances == []
     failed = sum(v for k, v in results.items() if k != 200)

@@ -131,6 +131,17 @@ def test_each_kind_of_bad_canary_is_rolled_back(bad: Measurements, reason: str) 
     assert reason in drv.status.message
 
 
+def test_clearly_slow_canary_is_stopped_before_min_requests() -> None:
+    drv = Driver()
+    drv.tick(canary_ready=True)
+    # 20 requests (min 100), all in the (250 ms, 500 ms] bucket: p99 limit 50 ms
+    slow = replace(GOOD, canary=TrafficSample(20, 0, None, ((50.0, 0.0), (250.0, 0.0),
+                                                            (500.0, 20.0))))
+    d = drv.tick(measurements=slow)
+    assert (d.action, drv.status.phase) == (Action.ROLLBACK, Phase.ROLLING_BACK)
+    assert "20 of 20 requests slower than 50 ms" in drv.status.message
+
+
 def test_manual_gate_pauses_until_promoted_without_a_deadline() -> None:
     drv = Driver(replace(SPEC, manual_gates=(50,)))
     drv.tick(canary_ready=True)

@@ -8,6 +8,7 @@ import json
 import threading
 import time
 from collections import Counter
+from dataclasses import replace
 from pathlib import Path
 
 import httpx
@@ -32,6 +33,7 @@ SPEC = RolloutSpec(model="iris", stable_version="1", canary_version="2", steps=(
 
 
 def run(examples: dict[str, Example], tmp_path: Path, faults: dict[str, object] | None,
+        spec: RolloutSpec = SPEC,
         ) -> tuple[RolloutStatus, Counter[object], list[Decision], LocalEnvironment]:
     env = LocalEnvironment(name="dev", run_dir=tmp_path / "env",
                            extra_env={"MODELRAIL_FAULTS": json.dumps(faults or {})})
@@ -58,7 +60,7 @@ def run(examples: dict[str, Example], tmp_path: Path, faults: dict[str, object] 
 
         thread = threading.Thread(target=load)
         thread.start()
-        rollout = LocalRollout(env=env, spec=SPEC, rows=examples["iris:1"].split.X_test,
+        rollout = LocalRollout(env=env, spec=spec, rows=examples["iris:1"].split.X_test,
                                task="classification", state_path=tmp_path / "state.json",
                                on_decision=decisions.append)
         status = rollout.run(deadline_seconds=200)
@@ -93,3 +95,48 @@ def test_erroring_canary_is_rolled_back(examples: dict[str, Example], tmp_path: 
     assert env.track("iris", "canary").instances == []
     failed = sum(v for k, v in results.items() if k != 200)
     assert failed / sum(results.values()) < 0.2  # bounded blast radius at the 50% step
+
+
+@pytest.fixture(scope="module")
+def wrong_model(examples: dict[str, Example], registry_dir: Path) -> str:
+    """A candidate that is fast and error-free but wrong: trained on shuffled labels."""
+    import numpy as np
+    from sklearn.linear_model import LogisticRegression
+
+    from modelrail.models.register import register_estimator
+    from modelrail.models.registry import Registry
+
+    ex = examples["iris:1"]
+    wrong = LogisticRegression(max_iter=1000).fit(
+        ex.split.X_train, np.random.default_rng(1).permutation(ex.split.y_train))
+    register_estimator(estimator=wrong, split=ex.split, name="iris", version="98-shuffled",
+                       registry=Registry(registry_dir), source_sha256="test")
+    return "98-shuffled"
+
+
+@pytest.mark.parametrize("kind", ["slow", "wrong", "never-ready"])
+def test_each_kind_of_bad_canary_is_rolled_back(kind: str, examples: dict[str, Example],
+                                                wrong_model: str, tmp_path: Path) -> None:
+    spec, faults = SPEC, None
+    if kind == "slow":
+        faults = {"iris:2": {"latency_ms": 400}}  # p99 over the 250 ms limit
+    elif kind == "wrong":
+        spec = replace(SPEC, canary_version=wrong_model)
+    else:
+        faults = {"iris:2": {"never_ready": True}}
+        spec = replace(SPEC, progress_deadline_seconds=15)
+    status, results, decisions, env = run(examples, tmp_path, faults, spec)
+    expected = Phase.FAILED if kind == "never-ready" else Phase.ROLLED_BACK
+    assert status.phase is expected, status.message
+    assert env.track("iris", "stable").ref == ModelRef("iris", "1")
+    assert env.track("iris", "canary").instances == []
+    reason = {"slow": "latency: FAIL", "wrong": "model gate: FAIL",
+              "never-ready": "never became ready"}[kind]
+    assert reason in status.history[-1]["message"] or any(
+        reason in (h["message"] or "") for h in status.history), status.history
+    if kind == "never-ready":  # it never took traffic, so nobody noticed it
+        assert set(results) == {200}
+        assert [d.action.value for d in decisions][-1] == "rollback"
+    else:  # stopped at the first analysed interval, with a decisive verdict
+        rollback = next(d for d in decisions if d.action.value == "rollback")
+        assert rollback.verdict is not None and rollback.verdict.decisive

@@ -37,6 +37,16 @@ class TrafficSample:
     requests: int
     errors: int
     p99_ms: float | None
+    # latency histogram of the interval: (upper bound in ms, cumulative count), ascending
+    latency_buckets: tuple[tuple[float, float], ...] = ()
+
+    def slower_than(self, limit_ms: float) -> int:
+        """A lower bound on requests slower than `limit_ms`: those above the first bucket
+        bound at or past the limit."""
+        for bound, cumulative in self.latency_buckets:
+            if bound >= limit_ms:
+                return max(0, round(self.requests - cumulative))
+        return 0
 
 
 @dataclass(frozen=True)
@@ -136,8 +146,18 @@ def check_error_increase(spec: RolloutSpec, m: Measurements) -> Check | None:
 
 
 def check_latency(spec: RolloutSpec, m: Measurements) -> Check:
+    """p99 above the limit means more than 1% of requests are slower than it: when the
+    Wilson lower bound of the slow share already exceeds 1%, fail at once (a slow canary
+    also starves the analysis of requests, so waiting for min_requests would take long)."""
     t = spec.thresholds
     c, s = m.canary, m.stable
+    if c is not None and c.requests > 0 and c.latency_buckets:
+        slow = c.slower_than(t.max_p99_latency_ms)
+        low, _ = wilson(slow, c.requests)
+        if low > 0.01:
+            return Check("latency", Status.FAIL,
+                         f"{slow} of {c.requests} requests slower than "
+                         f"{t.max_p99_latency_ms:.0f} ms", decisive=True)
     if c is None or c.p99_ms is None or c.requests < t.min_requests:
         return Check("latency", Status.INCONCLUSIVE, "not enough canary requests for a p99")
     if c.p99_ms > t.max_p99_latency_ms:

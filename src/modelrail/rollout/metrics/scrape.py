@@ -112,7 +112,9 @@ class ScrapeProvider:
                 buckets[le] += _increase(count, before.buckets.get(le, 0.0))
         p99 = quantile(0.99, dict(buckets))
         return TrafficSample(requests=round(requests), errors=round(errors),
-                             p99_ms=None if p99 is None else p99 * 1000)
+                             p99_ms=None if p99 is None else p99 * 1000,
+                             latency_buckets=tuple((le * 1000, n)
+                                                   for le, n in sorted(buckets.items())))
 
     def _get(self, url: str) -> str | None:
         try:

@@ -1,0 +1,174 @@
+"""Rollout benchmark on the local platform: for each kind of bad candidate, the time from the
+canary's first traffic to full rollback and the blast radius (share of all client requests
+that failed while the canary was live); for a good candidate, failed requests; and the
+weight-change propagation time (set on Traefik → observed on its API).
+
+    .venv/bin/python benchmarks/rollout.py
+
+Real processes, real Traefik, real Locust, continuous client load through the proxy;
+loopback only, bounded in time. Results: .modelrail/bench/rollout.json and the rollout
+section of BENCHMARKS.md.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+import threading
+import time
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+WORK = ROOT / ".modelrail" / "bench"
+os.environ.setdefault("BENTOML_HOME", str(WORK / "bentoml"))
+os.environ.setdefault("MODELRAIL_REGISTRY", str(WORK / "registry"))
+
+import httpx  # noqa: E402
+import numpy as np  # noqa: E402
+
+from modelrail.rollout.engine import Decision  # noqa: E402
+from modelrail.rollout.local_controller import LocalRollout  # noqa: E402
+from modelrail.rollout.platforms.local import LocalEnvironment  # noqa: E402
+from modelrail.rollout.spec import RolloutSpec, Thresholds  # noqa: E402
+from modelrail.serving.config import ModelRef  # noqa: E402
+
+BODY = {"inputs": [{"name": "input", "datatype": "FP32", "shape": [1, 4],
+                    "data": [5.1, 3.5, 1.4, 0.2]}]}
+SPEC = RolloutSpec(
+    model="iris", stable_version="1", canary_version="2", steps=(10, 50, 100), step_seconds=4,
+    thresholds=Thresholds(max_error_rate=0.01, max_p99_latency_ms=250, max_latency_ratio=5.0,
+                          max_error_rate_increase=0.01, max_label_disagreement=0.1,
+                          min_requests=30),
+    failure_limit=1, progress_deadline_seconds=60)
+
+
+def prepare() -> tuple[np.ndarray, str]:
+    from sklearn.linear_model import LogisticRegression
+
+    from modelrail.models.register import register_estimator, register_model
+    from modelrail.models.registry import Registry
+    from modelrail.models.train import load_spec, train_all
+
+    trained = train_all(load_spec(ROOT / "models" / "examples.yaml"), WORK / "train",
+                        ["iris:1", "iris:2"])
+    for t in trained:
+        register_model(model_path=t.model_path, data_path=t.data_path, name=t.name,
+                       version=t.version, registry=Registry())
+    from modelrail.models.dataset import load_split
+
+    split = load_split(trained[0].data_path)
+    wrong = LogisticRegression(max_iter=1000).fit(
+        split.X_train, np.random.default_rng(1).permutation(split.y_train))
+    register_estimator(estimator=wrong, split=split, name="iris", version="98-shuffled",
+                       registry=Registry(), source_sha256="benchmark")
+    return split.X_test, "98-shuffled"
+
+
+def scenario(name: str, rows: np.ndarray, spec: RolloutSpec,
+             faults: dict[str, Any]) -> dict[str, Any]:
+    env = LocalEnvironment(name=name, run_dir=WORK / "rollout" / name,
+                           extra_env={"MODELRAIL_FAULTS": json.dumps(faults)})
+    env.start()
+    counts = {"ok": 0, "failed": 0}
+    first_traffic: list[float] = []
+    done_at: list[float] = []
+    propagation: list[float] = []
+    try:
+        env.scale("iris", "stable", ref=ModelRef("iris", "1"), replicas=1)
+        env.router.set_weight(route="iris", canary_weight=0)
+        env.router.wait_applied(route="iris")
+        stop = threading.Event()
+
+        def load() -> None:
+            started = time.monotonic()
+            with httpx.Client() as client:
+                while not stop.is_set() and time.monotonic() - started < 300:
+                    try:
+                        ok = client.post(f"http://127.0.0.1:{env.router.http_port}/v2/models/"
+                                         "iris/infer", json=BODY, timeout=10).status_code == 200
+                    except httpx.HTTPError:
+                        ok = False
+                    counts["ok" if ok else "failed"] += 1
+                    time.sleep(0.005)
+
+        def on_decision(d: Decision) -> None:
+            if d.action.value == "set_weight" and d.weight > 0:
+                t0 = time.monotonic()
+                while env.router.observed_weight(route="iris") != d.weight:
+                    time.sleep(0.02)
+                propagation.append(time.monotonic() - t0)
+                if not first_traffic:
+                    first_traffic.append(time.monotonic())
+            if d.status.phase.terminal:
+                done_at.append(time.monotonic())
+
+        thread = threading.Thread(target=load)
+        thread.start()
+        before = dict(counts)
+        status = LocalRollout(env=env, spec=spec, rows=rows, task="classification",
+                              state_path=WORK / "rollout" / name / "state.json",
+                              on_decision=on_decision).run(deadline_seconds=240)
+        stop.set()
+        thread.join(30)
+    finally:
+        env.stop()
+    total = counts["ok"] + counts["failed"] - before["ok"] - before["failed"]
+    failed = counts["failed"] - before["failed"]
+    return {
+        "kind": name, "phase": status.phase.value,
+        "first_traffic_to_end_s": (done_at[0] - first_traffic[0])
+        if first_traffic and done_at else None,
+        "requests": total, "failed": failed,
+        "blast_radius": failed / total if total else None,
+        "weight_propagation_s": max(propagation) if propagation else None,
+        "reason": status.message[:160],
+    }
+
+
+def main() -> int:
+    rows, wrong = prepare()
+    runs = [
+        scenario("good", rows, SPEC, {}),
+        scenario("errors", rows, SPEC, {"iris:2": {"error_rate": 0.3}}),
+        scenario("slow", rows, SPEC, {"iris:2": {"latency_ms": 400}}),
+        scenario("wrong", rows, replace(SPEC, canary_version=wrong), {}),
+        scenario("never-ready", rows, replace(SPEC, progress_deadline_seconds=15),
+                 {"iris:2": {"never_ready": True}}),
+    ]
+    (WORK / "rollout.json").write_text(json.dumps(runs, indent=2))
+    lines = ["## Rollouts (`benchmarks/rollout.py`)", "",
+             "Local platform, iris:1 → candidate, steps 10/50/100 %, 4 s per step, "
+             "continuous client load through Traefik (one client, ~5 ms between requests) "
+             "plus Locust per analysis interval. Targets: rollback within 30 s of first "
+             "canary traffic, blast radius under 0.5 %, zero failed requests for a good "
+             "canary.", "",
+             "| candidate | outcome | first traffic → end | client requests | failed | "
+             "blast radius | max weight propagation |", "|---|---|---|---|---|---|---|"]
+    for r in runs:
+        t = r["first_traffic_to_end_s"]
+        br = r["blast_radius"]
+        wp = r["weight_propagation_s"]
+        lines.append(f"| {r['kind']} | {r['phase']} | "
+                     f"{'–' if t is None else f'{t:.1f} s'} | {r['requests']} | "
+                     f"{r['failed']} | {'–' if br is None else f'{br:.3%}'} | "
+                     f"{'–' if wp is None else f'{wp:.2f} s'} |")
+    section = "\n".join(lines) + "\n"
+    path = ROOT / "BENCHMARKS.md"
+    text = path.read_text()
+    start, end = "<!-- rollout:start -->", "<!-- rollout:end -->"
+    block = f"{start}\n{section}{end}"
+    if start in text:
+        text = text.split(start)[0] + block + text.split(end, 1)[1]
+    else:
+        text = text.rstrip() + "\n\n" + block + "\n"
+    path.write_text(text)
+    print(section)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -95,3 +95,21 @@ def test_serving_processes_run_with_telemetry_off(monkeypatch: pytest.MonkeyPatc
     assert cmd.env["BENTOML_DO_NOT_TRACK"] == "true"
     # a private BentoML home whose model store is the shared one
     assert (Path(cmd.env["BENTOML_HOME"]) / "models").is_symlink()
+
+
+def test_private_home_is_removed_but_the_shared_store_is_kept(tmp_path: Path) -> None:
+    import subprocess
+    import sys
+
+    from modelrail.serving.process import _HOMES, private_bentoml_home, stop
+
+    shared = tmp_path / "shared"
+    (shared / "models" / "iris").mkdir(parents=True)
+    (shared / "models" / "iris" / "keep.txt").write_text("model")
+    home = private_bentoml_home(shared)
+    proc = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(30)"],
+                            start_new_session=True)
+    _HOMES[proc.pid] = home
+    stop(proc)
+    assert not home.exists()
+    assert (shared / "models" / "iris" / "keep.txt").read_text() == "model"

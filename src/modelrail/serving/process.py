@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -78,11 +79,19 @@ def server_command(config: ServingConfig, *, http_host: str, http_port: int,
     return ServerCommand(argv=argv, env=env, cwd=find_service_dir(service_dir))
 
 
+# private BentoML homes of the processes spawned here, removed when they are stopped
+_HOMES: dict[int, Path] = {}
+
+
 def spawn(cmd: ServerCommand, *, log_path: Path | None = None) -> subprocess.Popen[bytes]:
     """Start a serving process in its own process group (so stop() reaches its workers)."""
     out = log_path.open("ab") if log_path else subprocess.DEVNULL
-    return subprocess.Popen(cmd.argv, env=cmd.env, cwd=cmd.cwd, stdout=out,
+    proc = subprocess.Popen(cmd.argv, env=cmd.env, cwd=cmd.cwd, stdout=out,
                             stderr=subprocess.STDOUT, start_new_session=True)
+    home = Path(cmd.env["BENTOML_HOME"])
+    if home.name.startswith("modelrail-bentoml-home-"):
+        _HOMES[proc.pid] = home
+    return proc
 
 
 def wait_ready(http_url: str, *, timeout: float = 60.0,
@@ -114,6 +123,9 @@ def stop(proc: subprocess.Popen[bytes], *, timeout: float = 15.0) -> int:
             with contextlib.suppress(ProcessLookupError):
                 os.killpg(proc.pid, signal.SIGKILL)
             proc.wait(5)
+    home = _HOMES.pop(proc.pid, None)
+    if home is not None:  # the symlinked model store is shared: unlink, never follow
+        shutil.rmtree(home, ignore_errors=True)
     return int(proc.returncode)
 
 

@@ -126,6 +126,7 @@ class LocalEnvironment:
             for idx, inst in enumerate(t.instances):
                 if inst.alive():
                     continue
+                stop(inst.proc)  # reap it and remove its private BentoML home
                 fresh = self._spawn(inst.ref)
                 fresh.restarts = inst.restarts + 1
                 t.instances[idx] = fresh

@@ -15,7 +15,6 @@ from __future__ import annotations
 import json
 import os
 import sys
-import threading
 import time
 from dataclasses import replace
 from pathlib import Path
@@ -27,13 +26,13 @@ WORK = ROOT / ".modelrail" / "bench"
 os.environ.setdefault("BENTOML_HOME", str(WORK / "bentoml"))
 os.environ.setdefault("MODELRAIL_REGISTRY", str(WORK / "registry"))
 
-import httpx  # noqa: E402
 import numpy as np  # noqa: E402
 
 from modelrail.rollout.engine import Decision  # noqa: E402
 from modelrail.rollout.local_controller import LocalRollout  # noqa: E402
 from modelrail.rollout.platforms.local import LocalEnvironment  # noqa: E402
 from modelrail.rollout.spec import RolloutSpec, Thresholds  # noqa: E402
+from modelrail.rollout.traffic import ClientTraffic  # noqa: E402
 from modelrail.serving.config import ModelRef  # noqa: E402
 
 BODY = {"inputs": [{"name": "input", "datatype": "FP32", "shape": [1, 4],
@@ -73,7 +72,6 @@ def scenario(name: str, rows: np.ndarray, spec: RolloutSpec,
     env = LocalEnvironment(name=name, run_dir=WORK / "rollout" / name,
                            extra_env={"MODELRAIL_FAULTS": json.dumps(faults)})
     env.start()
-    counts = {"ok": 0, "failed": 0}
     first_traffic: list[float] = []
     done_at: list[float] = []
     propagation: list[float] = []
@@ -81,20 +79,6 @@ def scenario(name: str, rows: np.ndarray, spec: RolloutSpec,
         env.scale("iris", "stable", ref=ModelRef("iris", "1"), replicas=1)
         env.router.set_weight(route="iris", canary_weight=0)
         env.router.wait_applied(route="iris")
-        stop = threading.Event()
-
-        def load() -> None:
-            started = time.monotonic()
-            with httpx.Client() as client:
-                while not stop.is_set() and time.monotonic() - started < 300:
-                    try:
-                        ok = client.post(f"http://127.0.0.1:{env.router.http_port}/v2/models/"
-                                         "iris/infer", json=BODY, timeout=10).status_code == 200
-                    except httpx.HTTPError:
-                        ok = False
-                    counts["ok" if ok else "failed"] += 1
-                    time.sleep(0.005)
-
         def on_decision(d: Decision) -> None:
             if d.action.value == "set_weight" and d.weight > 0:
                 t0 = time.monotonic()
@@ -106,18 +90,15 @@ def scenario(name: str, rows: np.ndarray, spec: RolloutSpec,
             if d.status.phase.terminal:
                 done_at.append(time.monotonic())
 
-        thread = threading.Thread(target=load)
-        thread.start()
-        before = dict(counts)
+        traffic = ClientTraffic(f"http://127.0.0.1:{env.router.http_port}/v2/models/iris/"
+                                "infer", BODY, max_seconds=300).start()
         status = LocalRollout(env=env, spec=spec, rows=rows, task="classification",
                               state_path=WORK / "rollout" / name / "state.json",
                               on_decision=on_decision).run(deadline_seconds=240)
-        stop.set()
-        thread.join(30)
+        traffic.stop()
     finally:
         env.stop()
-    total = counts["ok"] + counts["failed"] - before["ok"] - before["failed"]
-    failed = counts["failed"] - before["failed"]
+    total, failed = traffic.total, traffic.failed
     return {
         "kind": name, "phase": status.phase.value,
         "first_traffic_to_end_s": (done_at[0] - first_traffic[0])

@@ -5,19 +5,17 @@ rolled back automatically, with traffic back on stable."""
 from __future__ import annotations
 
 import json
-import threading
-import time
 from collections import Counter
 from dataclasses import replace
 from pathlib import Path
 
-import httpx
 import pytest
 
 from modelrail.rollout.engine import Decision
 from modelrail.rollout.local_controller import LocalRollout
 from modelrail.rollout.platforms.local import LocalEnvironment
 from modelrail.rollout.spec import Phase, RolloutSpec, RolloutStatus, Thresholds
+from modelrail.rollout.traffic import ClientTraffic
 from modelrail.serving.config import ModelRef
 from tests.conftest import Example
 
@@ -38,34 +36,18 @@ def run(examples: dict[str, Example], tmp_path: Path, faults: dict[str, object] 
     env = LocalEnvironment(name="dev", run_dir=tmp_path / "env",
                            extra_env={"MODELRAIL_FAULTS": json.dumps(faults or {})})
     env.start()
-    results: Counter[object] = Counter()
     decisions: list[Decision] = []
     try:
         env.scale("iris", "stable", ref=ModelRef("iris", "1"), replicas=1)
         env.router.set_weight(route="iris", canary_weight=0)
         env.router.wait_applied(route="iris")
-        done = threading.Event()
-
-        def load() -> None:  # continuous client traffic through the proxy, bounded
-            started = time.monotonic()
-            with httpx.Client() as client:
-                while not done.is_set() and time.monotonic() - started < 240:
-                    try:
-                        r = client.post(f"http://127.0.0.1:{env.router.http_port}/v2/models/"
-                                        "iris/infer", json=BODY, timeout=10)
-                        results[r.status_code] += 1
-                    except httpx.HTTPError as exc:
-                        results[type(exc).__name__] += 1
-                    time.sleep(0.01)
-
-        thread = threading.Thread(target=load)
-        thread.start()
+        traffic = ClientTraffic(f"http://127.0.0.1:{env.router.http_port}/v2/models/iris/"
+                                "infer", BODY, pause=0.01, max_seconds=240).start()
         rollout = LocalRollout(env=env, spec=spec, rows=examples["iris:1"].split.X_test,
                                task="classification", state_path=tmp_path / "state.json",
                                on_decision=decisions.append)
         status = rollout.run(deadline_seconds=200)
-        done.set()
-        thread.join(30)
+        results = traffic.stop()
         assert RolloutStatus.from_dict(json.loads((tmp_path / "state.json").read_text())
                                        ) == status  # persisted as it ended
         return status, results, decisions, env

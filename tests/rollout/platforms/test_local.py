@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import os
 import signal
-import threading
 import time
 from collections import Counter
 from pathlib import Path
@@ -15,6 +14,7 @@ import httpx
 import pytest
 
 from modelrail.rollout.platforms.local import LocalEnvironment
+from modelrail.rollout.traffic import ClientTraffic
 from modelrail.serving.config import ModelRef
 from modelrail.serving.process import wait_ready
 from tests.conftest import Example
@@ -75,31 +75,15 @@ def test_local_environment(examples: dict[str, Example], tmp_path: Path) -> None
         assert versions(env, 40) == Counter({"1": 20, "2": 20})
 
         # promotion mechanics under load: stable swaps to v2, then traffic back to stable
-        results: Counter[object] = Counter()
-        stop_at = time.monotonic() + 25.0
-
-        def load() -> None:
-            with httpx.Client() as client:
-                while time.monotonic() < stop_at:
-                    try:
-                        r = client.post(f"http://127.0.0.1:{env.router.http_port}/v2/models/"
-                                        "iris/infer", json=BODY, timeout=10)
-                        results[r.status_code] += 1
-                    except httpx.HTTPError as exc:
-                        results[type(exc).__name__] += 1
-                    time.sleep(0.005)
-
-        threads = [threading.Thread(target=load) for _ in range(2)]
-        for t in threads:
-            t.start()
+        traffic = ClientTraffic(f"http://127.0.0.1:{env.router.http_port}/v2/models/iris/"
+                                "infer", BODY, threads=2, max_seconds=40).start()
         env.scale("iris", "stable", ref=v2, replicas=2)  # new ones ready before old ones go
         wait_pool(env, "iris-http-stable", 2)
         env.router.set_weight(route="iris", canary_weight=0)
         while env.router.observed_weight(route="iris") != 0:
             time.sleep(0.1)
         env.scale("iris", "canary", ref=v2, replicas=0)
-        for t in threads:
-            t.join(40)
+        results = traffic.stop()
         assert set(results) == {200} and results[200] > 200, results
         assert versions(env, 20) == Counter({"2": 20})
     finally:

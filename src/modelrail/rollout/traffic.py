@@ -1,0 +1,59 @@
+"""ClientTraffic: steady client requests in background threads, counted by outcome.
+
+Stands for the production systems calling a model while a rollout runs: the local
+end-to-end tests and benchmarks/rollout.py use it to count every request that failed.
+Bounded in time and loopback-only by its callers; stops by itself after `max_seconds`.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections import Counter
+from typing import Any
+
+import httpx
+
+
+class ClientTraffic:
+    def __init__(self, url: str, body: dict[str, Any], *, threads: int = 1,
+                 pause: float = 0.005, max_seconds: float = 300.0) -> None:
+        self.url, self.body = url, body
+        self.pause, self.max_seconds = pause, max_seconds
+        self.results: Counter[object] = Counter()  # HTTP status, or the exception's name
+        self._lock = threading.Lock()
+        self._stop = threading.Event()
+        self._threads = [threading.Thread(target=self._run, daemon=True)
+                         for _ in range(threads)]
+
+    def start(self) -> ClientTraffic:
+        for t in self._threads:
+            t.start()
+        return self
+
+    def stop(self, timeout: float = 30.0) -> Counter[object]:
+        self._stop.set()
+        for t in self._threads:
+            t.join(timeout)
+        return self.results
+
+    @property
+    def failed(self) -> int:
+        return sum(n for k, n in self.results.items() if k != 200)
+
+    @property
+    def total(self) -> int:
+        return sum(self.results.values())
+
+    def _run(self) -> None:
+        started = time.monotonic()
+        with httpx.Client() as client:
+            while not self._stop.is_set() and time.monotonic() - started < self.max_seconds:
+                outcome: object
+                try:
+                    outcome = client.post(self.url, json=self.body, timeout=10).status_code
+                except httpx.HTTPError as exc:
+                    outcome = type(exc).__name__
+                with self._lock:
+                    self.results[outcome] += 1
+                time.sleep(self.pause)

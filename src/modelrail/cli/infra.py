@@ -2,7 +2,8 @@
 
 render   writes a stack's Kubernetes objects as YAML (kubectl / GitOps), no Pulumi CLI needed
 env      diff two environments object by object and field by field; `parity` checks that all
-         stacks differ only in configured values (exit 8 on drift)
+         stacks differ only in configured values (exit 8 on drift); `up|status|down` run an
+         environment locally (cli/localenv.py)
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ from typing import Any
 
 import yaml
 
+from modelrail.cli import localenv
 from modelrail.cli.output import add_output_flag, print_json
 
 DRIFT_EXIT = 8
@@ -32,8 +34,9 @@ def add_parser(sub: Any) -> None:
     _project(r)
     r.set_defaults(handler=_render)
 
-    env = sub.add_parser("env", help="environments: diff and parity (local up/down later)")
+    env = sub.add_parser("env", help="environments: local up/status/down, diff and parity")
     esub = env.add_subparsers(dest="env_command", required=True, metavar="ACTION")
+    localenv.add_actions(esub)
     d = esub.add_parser("diff", help="how two environments differ, field by field")
     d.add_argument("a")
     d.add_argument("b")

@@ -53,6 +53,9 @@ class Registered:
     parity: ParityResult
 
 
+SAMPLE_ROWS = 256  # held-out rows kept with each version as its validation sample
+
+
 def register_model(*, model_path: Path, data_path: Path, name: str, version: str,
                    registry: Registry, onnx_path: Path | None = None,
                    save_to_bentoml: bool = True) -> Registered:
@@ -95,6 +98,7 @@ def register_estimator(*, estimator: Any, split: Split, name: str, version: str,
                  onnx_bytes=onnx_bytes, result=result, source_sha256=source_sha256,
                  with_bentoml=save_to_bentoml)
     stored, created = registry.put(card, onnx_bytes)
+    registry.put_sample(name, version, split.X_test[:SAMPLE_ROWS].astype(float).tolist())
     if save_to_bentoml:
         bento_store.save(stored, onnx_bytes)
     return Registered(card=stored, created=created, parity=result)

@@ -12,6 +12,7 @@ goes through `read_verified`, which re-hashes the bytes.
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import tempfile
 from dataclasses import dataclass
@@ -97,6 +98,27 @@ class Registry:
             return ModelCard.model_validate_json(path.read_text())
         except ValueError as exc:
             raise IntegrityError(f"model card is unreadable: {exc}", where=str(path)) from exc
+
+    def sample_path(self, name: str, version: str) -> Path:
+        return self.root / "samples" / check_name(name) / f"{check_version(version)}.json"
+
+    def put_sample(self, name: str, version: str, rows: list[list[float]]) -> None:
+        """Keep a validation sample (held-out rows) with a version: rollouts replay it to
+        both tracks for the model gate and send it as load. Written once, like the card."""
+        path = self.sample_path(name, version)
+        if not path.exists():
+            _atomic_write(path, json.dumps({"rows": rows}).encode())
+
+    def sample(self, name: str, version: str) -> list[list[float]]:
+        """The validation sample registered with `name:version`."""
+        path = self.sample_path(name, version)
+        if not path.exists():
+            self.get(name, version)  # not registered at all: that error first
+            raise NotFoundError(f"{name}:{version} has no validation sample", where=str(path),
+                                accepted="a version registered by this modelrail (register "
+                                         "it again under a new version), or --sample FILE")
+        rows = json.loads(path.read_text())["rows"]
+        return [[float(v) for v in r] for r in rows]
 
     def list(self) -> list[ModelCard]:
         base = self.root / "models"

@@ -75,6 +75,17 @@ class RolloutSpec:
             progress_deadline_seconds=policy.progress_deadline_seconds,
             manual_gates=tuple(policy.manual_gates))
 
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> RolloutSpec:
+        data = dict(data)
+        data["thresholds"] = Thresholds(**data["thresholds"])
+        data["steps"] = tuple(data["steps"])
+        data["manual_gates"] = tuple(data.get("manual_gates", ()))
+        return cls(**data)
+
 
 @dataclass(frozen=True)
 class RolloutStatus:

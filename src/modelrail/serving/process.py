@@ -94,8 +94,55 @@ def spawn(cmd: ServerCommand, *, log_path: Path | None = None) -> subprocess.Pop
     return proc
 
 
-def wait_ready(http_url: str, *, timeout: float = 60.0,
-               proc: subprocess.Popen[bytes] | None = None) -> bool:
+class Adopted:
+    """A process this one did not start (its starter died and it was re-adopted from a
+    state file): the parts of Popen's interface that wait_ready() and stop() use."""
+
+    def __init__(self, pid: int, *, home: Path | None = None) -> None:
+        self.pid = pid
+        self.returncode: int | None = None
+        if home is not None and home.name.startswith("modelrail-bentoml-home-"):
+            _HOMES[pid] = home
+
+    def poll(self) -> int | None:
+        if self.returncode is None and not pid_alive(self.pid):
+            self.returncode = -1  # not our child: its real exit status is not ours to read
+        return self.returncode
+
+    def wait(self, timeout: float | None = None) -> int:
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while self.poll() is None:
+            if deadline is not None and time.monotonic() > deadline:
+                raise subprocess.TimeoutExpired(str(self.pid), timeout or 0.0)
+            time.sleep(0.05)
+        assert self.returncode is not None
+        return self.returncode
+
+
+Proc = subprocess.Popen[bytes] | Adopted
+
+
+def pid_alive(pid: int) -> bool:
+    """Whether `pid` runs (a zombie, exited but not reaped, counts as gone)."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return False
+    return stat.rsplit(")", 1)[-1].split()[0] != "Z"
+
+
+def home_of(proc: Proc) -> Path | None:
+    """The private BentoML home of a process spawned (or adopted) here."""
+    return _HOMES.get(proc.pid)
+
+
+def wait_ready(http_url: str, *, timeout: float = 60.0, proc: Proc | None = None) -> bool:
     """Poll /v2/health/ready until 200; False on timeout or if the process exits."""
     import httpx
 
@@ -112,7 +159,7 @@ def wait_ready(http_url: str, *, timeout: float = 60.0,
     return False
 
 
-def stop(proc: subprocess.Popen[bytes], *, timeout: float = 15.0) -> int:
+def stop(proc: Proc, *, timeout: float = 15.0) -> int:
     """SIGTERM the process group (graceful drain), SIGKILL after `timeout`."""
     if proc.poll() is None:
         with contextlib.suppress(ProcessLookupError):
@@ -126,7 +173,7 @@ def stop(proc: subprocess.Popen[bytes], *, timeout: float = 15.0) -> int:
     home = _HOMES.pop(proc.pid, None)
     if home is not None:  # the symlinked model store is shared: unlink, never follow
         shutil.rmtree(home, ignore_errors=True)
-    return int(proc.returncode)
+    return -1 if proc.returncode is None else int(proc.returncode)
 
 
 def free_port(host: str = "127.0.0.1") -> int:

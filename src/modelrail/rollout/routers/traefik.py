@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import signal
 import subprocess
 import tempfile
 import time
@@ -23,6 +24,7 @@ import httpx
 import yaml
 
 from modelrail.errors import ModelrailError
+from modelrail.serving.process import Adopted, Proc
 
 
 @dataclass
@@ -52,15 +54,50 @@ class TraefikRouter:
     """Owns one Traefik process and its dynamic configuration file."""
 
     def __init__(self, *, http_port: int, grpc_port: int, api_port: int,
-                 workdir: Path | None = None, host: str = "127.0.0.1") -> None:
+                 workdir: Path | None = None, host: str = "127.0.0.1",
+                 grpc_route_ports: dict[str, int] | None = None) -> None:
         self.host = host
         self.http_port, self.grpc_port, self.api_port = http_port, grpc_port, api_port
+        # gRPC cannot be routed by model (every model shares the same methods): a route
+        # listed here gets its own gRPC entry point, like its own hostname on a Gateway;
+        # the others share `grpc_port`
+        self.grpc_route_ports = dict(grpc_route_ports or {})
         self.workdir = workdir or Path(tempfile.mkdtemp(prefix="modelrail-traefik-"))
         self.dynamic_dir = self.workdir / "dynamic"
         self.dynamic_dir.mkdir(parents=True, exist_ok=True)
         self.routes: dict[str, Route] = {}
-        self.proc: subprocess.Popen[bytes] | None = None
+        self.proc: Proc | None = None
         self._write()
+
+    # --- persistence: a restarted controller re-adopts the running proxy ------------
+    def to_state(self) -> dict[str, Any]:
+        return {"pid": self.proc.pid if self.proc else None, "http_port": self.http_port,
+                "grpc_port": self.grpc_port, "api_port": self.api_port,
+                "grpc_route_ports": self.grpc_route_ports,
+                "workdir": str(self.workdir), "host": self.host,
+                "routes": {name: {"stable": r.stable.instances, "canary": r.canary.instances,
+                                  "canary_weight": r.canary_weight}
+                           for name, r in self.routes.items()}}
+
+    @classmethod
+    def adopt(cls, state: dict[str, Any]) -> TraefikRouter:
+        """The router of a saved state; its process is adopted if it still runs (check
+        `running`), and the routes are rewritten exactly as they were."""
+        router = cls(http_port=state["http_port"], grpc_port=state["grpc_port"],
+                     api_port=state["api_port"], workdir=Path(state["workdir"]),
+                     host=state["host"], grpc_route_ports=state.get("grpc_route_ports"))
+        for name, r in state["routes"].items():
+            router.routes[name] = Route(Pool([tuple(p) for p in r["stable"]]),
+                                        Pool([tuple(p) for p in r["canary"]]),
+                                        int(r["canary_weight"]))
+        router._write()
+        if state.get("pid"):
+            router.proc = Adopted(int(state["pid"]))
+        return router
+
+    @property
+    def running(self) -> bool:
+        return self.proc is not None and self.proc.poll() is None
 
     # --- process -------------------------------------------------------------------
     def start(self, timeout: float = 20.0) -> None:
@@ -69,6 +106,8 @@ class TraefikRouter:
                 f"--entryPoints.web.address={h}:{self.http_port}",
                 f"--entryPoints.grpc.address={h}:{self.grpc_port}",
                 f"--entryPoints.traefik.address={h}:{self.api_port}",
+                *(f"--entryPoints.grpc-{name}.address={h}:{port}"
+                  for name, port in sorted(self.grpc_route_ports.items())),
                 "--api.insecure=true",
                 f"--providers.file.directory={self.dynamic_dir}",
                 "--providers.file.watch=true",
@@ -93,11 +132,11 @@ class TraefikRouter:
 
     def stop(self) -> None:
         if self.proc is not None and self.proc.poll() is None:
-            self.proc.terminate()
+            os.kill(self.proc.pid, signal.SIGTERM)
             try:
                 self.proc.wait(10)
             except subprocess.TimeoutExpired:
-                self.proc.kill()
+                os.kill(self.proc.pid, signal.SIGKILL)
 
     # --- routes ------------------------------------------------------------------------
     def set_pools(self, *, route: str, stable: list[tuple[int, int]],
@@ -166,12 +205,22 @@ class TraefikRouter:
     def _write(self) -> None:
         routers: dict[str, Any] = {}
         services: dict[str, Any] = {}
-        for name, r in self.routes.items():
+        for n, (name, r) in enumerate(self.routes.items()):
+            grpc_entry = f"grpc-{name}" if name in self.grpc_route_ports else "grpc"
             for proto, entry, scheme, idx in (("http", "web", "http", 0),
-                                              ("grpc", "grpc", "h2c", 1)):
-                routers[f"{name}-{proto}"] = {"entryPoints": [entry],
-                                              "rule": "PathPrefix(`/`)",
+                                              ("grpc", grpc_entry, "h2c", 1)):
+                # REST: by the model's paths (OIP and /predict); anything else (health,
+                # server metadata) goes to the first model's pools at the lowest priority
+                rule = (f"PathRegexp(`^/(v2/models|predict)/{name}(/|$)`)"
+                        if proto == "http" else "PathPrefix(`/`)")
+                routers[f"{name}-{proto}"] = {"entryPoints": [entry], "rule": rule,
+                                              "middlewares": ["retry"],
                                               "service": f"{name}-{proto}-weighted"}
+                if proto == "http" and n == 0:
+                    routers["default-http"] = {"entryPoints": [entry],
+                                               "rule": "PathPrefix(`/`)", "priority": 1,
+                                               "middlewares": ["retry"],
+                                               "service": f"{name}-{proto}-weighted"}
                 services[f"{name}-{proto}-weighted"] = {"weighted": {"services": [
                     {"name": f"{name}-{proto}-stable", "weight": 100 - r.canary_weight},
                     {"name": f"{name}-{proto}-canary", "weight": r.canary_weight}]}}
@@ -185,7 +234,11 @@ class TraefikRouter:
                                         else {"mode": "grpc", "path": "/"})
                         | {"interval": "1s", "timeout": "1s"},
                         "passHostHeader": True}}
-        doc = {"http": {"routers": routers, "services": services}} if routers else {}
+        # a request that cannot reach an instance (it just died, and the 1 s health check
+        # has not noticed yet) is sent again to another one: inference is idempotent
+        middlewares = {"retry": {"retry": {"attempts": 3, "initialInterval": "50ms"}}}
+        doc = ({"http": {"routers": routers, "services": services,
+                         "middlewares": middlewares}} if routers else {})
         tmp = self.dynamic_dir / ".routes.yaml.tmp"
         tmp.write_text(yaml.safe_dump(doc, sort_keys=False))
         os.replace(tmp, self.dynamic_dir / "routes.yaml")

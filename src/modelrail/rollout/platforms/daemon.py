@@ -1,0 +1,300 @@
+"""The controller of one local environment: what `modelrail env up ENV` starts in the
+background — the local stand-in for the Kubernetes control plane.
+
+It brings the environment to what its stack file declares (`Pulumi.<env>.yaml`: models,
+workers, autoscaling bounds), then loops once a second:
+  - supervise: restart instances that died;
+  - autoscale: each track follows its in-flight requests per instance with the HPA
+    algorithm (autoscaler.py); the canary is sized by its weight, stable keeps its own
+    bounds;
+  - rollouts: every rollout request under rollouts/ that is not finished gets a worker
+    thread running the local rollout controller until it ends;
+  - publish: env.json (for `env status` and the CLI) and plane.json (to re-adopt).
+
+Killed (even with SIGKILL), it leaves the instances and the proxy serving; started again,
+it adopts them from plane.json and its rollouts resume from their saved status. SIGTERM
+(`env down`) aborts running rollouts (traffic back to stable), then stops everything.
+
+    python -m modelrail.rollout.platforms.daemon --env dev --project . --state-dir DIR
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import signal
+import sys
+import threading
+import time
+from collections import deque
+from pathlib import Path
+from typing import Any
+
+import httpx
+import numpy as np
+
+from modelrail.infra.config import StackConfig, load_stack
+from modelrail.models.registry import Registry
+from modelrail.rollout.autoscaler import (
+    Recommendation,
+    ScalePolicy,
+    canary_policy,
+    desired_replicas,
+)
+from modelrail.rollout.local_controller import LocalRollout
+from modelrail.rollout.platforms.local import LocalEnvironment
+from modelrail.rollout.store import (
+    EnvStore,
+    RolloutFiles,
+    append_jsonl,
+    read_json,
+    write_json,
+)
+from modelrail.serving.config import ModelRef
+
+log = logging.getLogger("modelrail.env")
+TICK = 1.0
+METRIC_WINDOW = 5  # in-flight samples averaged per decision
+
+
+class Daemon:
+    def __init__(self, *, env: str, project: Path, state_dir: Path, models: list[str],
+                 max_replicas: int | None, target_in_flight: float) -> None:
+        self.store = EnvStore(env, state_dir)
+        self.project = project
+        self.config: StackConfig = load_stack(env, project)
+        self.models = [m for m in self.config.models if not models or m.name in models]
+        self.registry = Registry()
+        a = self.config.autoscaling
+        cap = max_replicas or a.max_replicas
+        self.policy = ScalePolicy(
+            min_replicas=min(a.min_replicas, cap), max_replicas=min(a.max_replicas, cap),
+            target=target_in_flight * self.config.workers,
+            scale_up_window=a.scale_up_stabilization_seconds,
+            scale_down_window=a.scale_down_stabilization_seconds)
+        self.stopping = threading.Event()
+        self.workers: dict[str, threading.Thread] = {}
+        self.rollouts: dict[str, LocalRollout] = {}
+        self.history: dict[tuple[str, str], tuple[Recommendation, ...]] = {}
+        self.in_flight: dict[tuple[str, str], deque[float]] = {}
+        self.started_at = time.time()
+        self.env: LocalEnvironment | None = None
+
+    # --- start -----------------------------------------------------------------------------
+    def start(self) -> None:
+        self._publish("Starting", "checking models and starting instances")
+        for m in self.models:
+            self.registry.get(m.name, m.version)  # fail fast, naming what is missing
+        plane = self.store.plane_file
+        if plane.exists():
+            self.env = LocalEnvironment.adopt(read_json(plane))
+            log.info("adopted the running environment from %s", plane)
+        else:
+            self.env = LocalEnvironment(name=self.store.env, run_dir=self.store.run_dir,
+                                        workers=self.config.workers,
+                                        grpc_models=tuple(m.name for m in self.models))
+            self.env.start()
+        self._save_plane()
+        for m in self.models:
+            track = self.env.track(m.name, "stable")
+            # an adopted track keeps its version: a promotion may have changed it
+            ref = track.ref or ModelRef(m.name, m.version, m.sha256)
+            self.env.scale(m.name, "stable", ref=ref,
+                           replicas=max(self.policy.min_replicas, len(track.instances)))
+            self.env.router.wait_applied(route=m.name)
+            self._save_plane()
+        self._publish("Ready", "serving")
+        log.info("environment %s ready: http %s grpc %s", self.store.env,
+                 self.env.router.http_port, self.env.router.grpc_route_ports)
+
+    # --- loop ------------------------------------------------------------------------------
+    def loop(self) -> None:
+        assert self.env is not None
+        while not self.stopping.is_set():
+            started = time.monotonic()
+            try:
+                for line in self.env.supervise():
+                    log.warning("supervisor: restarted %s", line)
+                self._autoscale()
+                self._start_rollouts()
+                self._save_plane()
+                self._publish("Ready", "serving")
+            except Exception:  # keep the control loop alive; the log says what failed
+                log.exception("control loop iteration failed")
+            self.stopping.wait(max(0.05, TICK - (time.monotonic() - started)))
+
+    def shutdown(self) -> None:
+        assert self.env is not None
+        self._publish("Stopping", "aborting running rollouts, stopping instances")
+        for rid in list(self.workers):
+            append_jsonl(RolloutFiles(self.store.rollouts_dir / rid).commands,
+                         {"command": "abort", "at": time.time(), "by": "env down"})
+        deadline = time.monotonic() + 60
+        for t in self.workers.values():
+            t.join(max(0.1, deadline - time.monotonic()))
+        self.env.stop()
+        self.store.plane_file.unlink(missing_ok=True)
+        self._publish("Stopped", "stopped by env down", running=False)
+
+    # --- autoscaling -------------------------------------------------------------------------
+    def _autoscale(self) -> None:
+        assert self.env is not None
+        now = time.monotonic()
+        for m in self.models:
+            weight = self._canary_weight(m.name)
+            for track_name in ("stable", "canary"):
+                track = self.env.track(m.name, track_name)
+                if not track.instances or track.ref is None:
+                    continue
+                if track_name == "canary" and weight is None:
+                    continue  # only a running rollout sizes a canary
+                policy = (self.policy if track_name == "stable"
+                          else canary_policy(self.policy, weight or 0))
+                key = (m.name, track_name)
+                samples = self.in_flight.setdefault(key, deque(maxlen=METRIC_WINDOW))
+                value = self._in_flight([i.url for i in track.instances])
+                if value is None:
+                    continue
+                samples.append(value)
+                current = len(track.instances)
+                metric = sum(samples) / len(samples) / current
+                want, self.history[key] = desired_replicas(
+                    policy, current=current, metric=metric, now=now,
+                    history=self.history.get(key, ()))
+                if want != current:
+                    log.info("autoscaler: %s %s %d -> %d (in-flight %.2f per instance, "
+                             "target %.2f)", m.name, track_name, current, want, metric,
+                             policy.target)
+                    append_jsonl(self.store.root / "scaling.jsonl", {
+                        "at": time.time(), "model": m.name, "track": track_name,
+                        "from": current, "to": want, "metric": metric,
+                        "target": policy.target})
+                    self.env.scale(m.name, track_name, ref=track.ref, replicas=want)
+                    samples.clear()
+
+    def _in_flight(self, urls: list[str]) -> float | None:
+        """Requests in flight summed over the instances (from their /metrics)."""
+        total = 0.0
+        for url in urls:
+            try:
+                text = httpx.get(f"{url}/metrics", timeout=1.0).text
+            except httpx.HTTPError:
+                return None
+            for line in text.splitlines():
+                if line.startswith("modelrail_requests_in_flight"):
+                    total += float(line.rsplit(" ", 1)[-1])
+        return total
+
+    def _canary_weight(self, model: str) -> int | None:
+        for rollout in self.rollouts.values():
+            if rollout.spec.model == model and not rollout.status.phase.terminal:
+                return max(rollout.status.weight, 1)
+        return None
+
+    # --- rollouts ------------------------------------------------------------------------------
+    def _start_rollouts(self) -> None:
+        for files in self.store.active():
+            if files.id in self.workers and self.workers[files.id].is_alive():
+                continue
+            rollout = self._rollout(files)
+            self.rollouts[files.id] = rollout
+            thread = threading.Thread(target=self._run_rollout, args=(rollout,),
+                                      name=f"rollout-{files.id}", daemon=True)
+            self.workers[files.id] = thread
+            thread.start()
+
+    def _rollout(self, files: RolloutFiles) -> LocalRollout:
+        assert self.env is not None
+        request = files.read_request()
+        spec = files.spec()
+        opts = request.get("options", {})
+        rows = np.asarray(read_json(files.sample)["rows"], dtype=np.float64)
+        digests = {v: self.registry.get(spec.model, v).sha256
+                   for v in (spec.stable_version, spec.canary_version)}
+        return LocalRollout(env=self.env, files=files, spec=spec, rows=rows,
+                            task=request["task"], interval=float(opts.get("interval", 3.0)),
+                            load_users=int(opts.get("load_users", 2)),
+                            grpc_load=bool(opts.get("grpc_load", True)),
+                            audit_path=self.store.audit_file, digests=digests)
+
+    def _run_rollout(self, rollout: LocalRollout) -> None:
+        log.info("rollout %s: %s %s -> %s", rollout.files.id, rollout.spec.model,
+                 rollout.spec.stable_version, rollout.spec.canary_version)
+        failures = 0
+        while not rollout.status.phase.terminal:
+            try:
+                status = rollout.tick()
+                failures = 0
+            except Exception:
+                failures += 1
+                log.exception("rollout %s: tick failed (%d in a row)", rollout.files.id,
+                              failures)
+                time.sleep(min(5.0, failures))
+                continue
+            log.info("rollout %s: %s %d%% %s", rollout.files.id, status.phase.value,
+                     status.weight, status.message)
+        log.info("rollout %s ended: %s", rollout.files.id, rollout.status.phase.value)
+
+    # --- publishing ------------------------------------------------------------------------------
+    def _save_plane(self) -> None:
+        assert self.env is not None
+        write_json(self.store.plane_file, self.env.to_state())
+
+    def _publish(self, phase: str, message: str, *, running: bool = True) -> None:
+        env = self.env
+        models: dict[str, Any] = {}
+        if env is not None:
+            for m in self.models:
+                s, c = env.track(m.name, "stable"), env.track(m.name, "canary")
+                route = env.router.routes.get(m.name)
+                models[m.name] = {
+                    "stable": str(s.ref) if s.ref else None, "stable_instances": len(s.instances),
+                    "canary": str(c.ref) if c.ref and c.instances else None,
+                    "canary_instances": len(c.instances),
+                    "canary_weight": route.canary_weight if route else 0}
+        write_json(self.store.env_file, {
+            "env": self.store.env, "pid": os.getpid() if running else None,
+            "phase": phase, "message": message, "project": str(self.project.resolve()),
+            "http": f"http://127.0.0.1:{env.router.http_port}" if env else None,
+            "grpc": ({m: f"127.0.0.1:{p}" for m, p in env.router.grpc_route_ports.items()}
+                     if env else None),
+            "proxy_api": f"http://127.0.0.1:{env.router.api_port}" if env else None,
+            "autoscaling": {"min": self.policy.min_replicas, "max": self.policy.max_replicas,
+                            "target_in_flight_per_instance": self.policy.target},
+            "models": models, "started_at": self.started_at, "updated_at": time.time()})
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="modelrail-env-controller")
+    p.add_argument("--env", required=True)
+    p.add_argument("--project", type=Path, required=True)
+    p.add_argument("--state-dir", type=Path, required=True)
+    p.add_argument("--models", default="")
+    p.add_argument("--max-replicas", type=int, default=None)
+    p.add_argument("--target-in-flight", type=float, default=2.0)
+    args = p.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, stream=sys.stdout,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.getLogger("httpx").setLevel(logging.WARNING)
+    daemon = Daemon(env=args.env, project=args.project, state_dir=args.state_dir,
+                    models=[m for m in args.models.split(",") if m],
+                    max_replicas=args.max_replicas, target_in_flight=args.target_in_flight)
+    signal.signal(signal.SIGTERM, lambda *_: daemon.stopping.set())
+    signal.signal(signal.SIGINT, lambda *_: daemon.stopping.set())
+    try:
+        daemon.start()
+    except Exception as exc:
+        log.exception("environment %s failed to start", args.env)
+        daemon._publish("Failed", str(exc), running=False)
+        if daemon.env is not None:
+            daemon.env.stop()
+            daemon.store.plane_file.unlink(missing_ok=True)
+        return 1
+    daemon.loop()
+    daemon.shutdown()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -5,7 +5,8 @@ Each command group lives in its own module (model.py, demo.py, …) exposing
 `ModelrailError` print as one actionable message and exit with that error's code:
   0 ok · 1 unexpected failure · 2 invalid input or not found · 3 conversion error ·
   4 parity gate failed · 5 version conflict · 6 integrity (sha256) mismatch ·
-  7 packaging (wheel or bentoml build) failed · 8 environments drift apart
+  7 packaging (wheel or bentoml build) failed · 8 environments drift apart ·
+  9 rollout rolled back · 10 rollout timed out · 11 rollout aborted · 12 environment not up
 """
 
 from __future__ import annotations
@@ -15,10 +16,10 @@ import sys
 from collections.abc import Sequence
 
 from modelrail import __version__
-from modelrail.cli import bento, demo, infra, model, serve
+from modelrail.cli import bento, demo, infra, model, rollout, serve
 from modelrail.errors import ModelrailError
 
-GROUPS = (model, serve, bento, infra, demo)
+GROUPS = (model, serve, bento, infra, rollout, demo)
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -56,6 +56,9 @@ class GateSample:
     compared: int
     disagreements: int  # labels that differ (classification) or outputs beyond tolerance
     distance: float | None = None  # distribution distance of predictions, informative
+    # the whole validation sample was answered: a replayed sample smaller than
+    # `min_requests` (iris has 38 held-out rows) is all the evidence there is, not "no data"
+    complete: bool = False
 
 
 @dataclass(frozen=True)
@@ -185,7 +188,7 @@ def check_model_gate(spec: RolloutSpec, m: Measurements) -> Check | None:
     if low > limit:
         return Check("model gate", Status.FAIL,
                      f"{rate:.1%} of {g.compared} answers differ{distance}", decisive=True)
-    if g.compared < spec.thresholds.min_requests:
+    if g.compared < spec.thresholds.min_requests and not g.complete:
         return Check("model gate", Status.INCONCLUSIVE,
                      f"{g.compared} comparisons < {spec.thresholds.min_requests}")
     if rate > limit:

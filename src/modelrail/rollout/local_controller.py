@@ -134,7 +134,8 @@ class LocalRollout:
         stable = list(self.env.track(model, "stable").instances)
         ready = bool(canary) and all(wait_ready(i.url, timeout=0.5) for i in canary)
         measurements = None
-        analysing = status.phase in (Phase.PROGRESSING, Phase.PAUSED) and ready and stable
+        analysing = (status.phase in (Phase.PROGRESSING, Phase.PAUSED) and ready and stable
+                     and not abort)
         if analysing:
             measurements = self._measure(stable, canary, status.weight)
         else:

@@ -55,7 +55,8 @@ class ModelGateProvider:
             edges = np.quantile(fa, np.linspace(0.1, 0.9, 9))
             distance = _total_variation(Counter(np.searchsorted(edges, fa).tolist()),
                                         Counter(np.searchsorted(edges, fb).tolist()))
-        return GateSample(compared=int(a.shape[0]), disagreements=differ, distance=distance)
+        return GateSample(compared=int(a.shape[0]), disagreements=differ, distance=distance,
+                          complete=int(a.shape[0]) == int(self.rows.shape[0]))
 
     def _answers(self, ep: Endpoint) -> npt.NDArray[np.generic] | None:
         output = "label" if self.task == "classification" else "predictions"

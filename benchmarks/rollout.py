@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import sys
 import time
 from dataclasses import replace
@@ -32,6 +33,7 @@ from modelrail.rollout.engine import Decision  # noqa: E402
 from modelrail.rollout.local_controller import LocalRollout  # noqa: E402
 from modelrail.rollout.platforms.local import LocalEnvironment  # noqa: E402
 from modelrail.rollout.spec import RolloutSpec, Thresholds  # noqa: E402
+from modelrail.rollout.store import RolloutFiles  # noqa: E402
 from modelrail.rollout.traffic import ClientTraffic  # noqa: E402
 from modelrail.serving.config import ModelRef  # noqa: E402
 
@@ -69,6 +71,7 @@ def prepare() -> tuple[np.ndarray, str]:
 
 def scenario(name: str, rows: np.ndarray, spec: RolloutSpec,
              faults: dict[str, Any]) -> dict[str, Any]:
+    shutil.rmtree(WORK / "rollout" / name, ignore_errors=True)  # a fresh rollout, not a resume
     env = LocalEnvironment(name=name, run_dir=WORK / "rollout" / name,
                            extra_env={"MODELRAIL_FAULTS": json.dumps(faults)})
     env.start()
@@ -93,7 +96,7 @@ def scenario(name: str, rows: np.ndarray, spec: RolloutSpec,
         traffic = ClientTraffic(f"http://127.0.0.1:{env.router.http_port}/v2/models/iris/"
                                 "infer", BODY, max_seconds=300).start()
         status = LocalRollout(env=env, spec=spec, rows=rows, task="classification",
-                              state_path=WORK / "rollout" / name / "state.json",
+                              files=RolloutFiles(WORK / "rollout" / name / "rollout"),
                               on_decision=on_decision).run(deadline_seconds=240)
         traffic.stop()
     finally:

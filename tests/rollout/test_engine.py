@@ -248,3 +248,17 @@ def test_spec_from_stack_policy() -> None:
                                    canary_version="2")
     assert spec.steps == (5, 10, 25, 50, 75, 100) and spec.manual_gates == (50,)
     assert spec.thresholds.min_requests == 200
+
+
+def test_a_fully_replayed_small_sample_is_evidence_not_no_data() -> None:
+    """iris has 38 held-out rows: the gate compares all of them. That is the whole sample,
+    so it judges (pass or fail); a partial answer below min_requests stays inconclusive."""
+    from modelrail.rollout.analysis import Status, check_model_gate
+
+    small = GateSample(38, 0, 0.0, complete=True)
+    assert check_model_gate(SPEC, replace(GOOD, gate=small)).status is Status.PASS
+    wrong = GateSample(38, 25, 0.6, complete=True)
+    verdict = check_model_gate(SPEC, replace(GOOD, gate=wrong))
+    assert verdict.status is Status.FAIL and verdict.decisive
+    partial = GateSample(38, 0, 0.0, complete=False)
+    assert check_model_gate(SPEC, replace(GOOD, gate=partial)).status is Status.INCONCLUSIVE

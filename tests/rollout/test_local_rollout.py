@@ -15,6 +15,7 @@ from modelrail.rollout.engine import Decision
 from modelrail.rollout.local_controller import LocalRollout
 from modelrail.rollout.platforms.local import LocalEnvironment
 from modelrail.rollout.spec import Phase, RolloutSpec, RolloutStatus, Thresholds
+from modelrail.rollout.store import RolloutFiles
 from modelrail.rollout.traffic import ClientTraffic
 from modelrail.serving.config import ModelRef
 from tests.conftest import Example
@@ -44,12 +45,11 @@ def run(examples: dict[str, Example], tmp_path: Path, faults: dict[str, object] 
         traffic = ClientTraffic(f"http://127.0.0.1:{env.router.http_port}/v2/models/iris/"
                                 "infer", BODY, pause=0.01, max_seconds=240).start()
         rollout = LocalRollout(env=env, spec=spec, rows=examples["iris:1"].split.X_test,
-                               task="classification", state_path=tmp_path / "state.json",
+                               task="classification", files=RolloutFiles(tmp_path / "r"),
                                on_decision=decisions.append)
         status = rollout.run(deadline_seconds=200)
         results = traffic.stop()
-        assert RolloutStatus.from_dict(json.loads((tmp_path / "state.json").read_text())
-                                       ) == status  # persisted as it ended
+        assert RolloutFiles(tmp_path / "r").rollout_status() == status  # persisted as it ended
         return status, results, decisions, env
     finally:
         env.stop()

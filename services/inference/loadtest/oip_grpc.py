@@ -22,6 +22,7 @@ grpc_gevent.init_gevent()
 
 MODEL = os.environ["MODELRAIL_LOAD_MODEL"]
 VERSION = os.environ.get("MODELRAIL_LOAD_VERSION", "")
+WAIT = float(os.environ.get("MODELRAIL_LOAD_WAIT", "0"))  # seconds between a user's requests
 with open(os.environ["MODELRAIL_LOAD_ROWS"]) as fh:
     ROWS = json.load(fh)
 
@@ -37,7 +38,7 @@ PAYLOADS = [_request(r) for r in ROWS]
 
 
 class OIPGrpcUser(User):
-    wait_time = constant(0)
+    wait_time = constant(WAIT)
 
     def __init__(self, environment: Any) -> None:
         super().__init__(environment)

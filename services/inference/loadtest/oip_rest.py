@@ -1,7 +1,8 @@
 """Locust: OIP v2 REST infer requests. Run only as a subprocess (modelrail.rollout.load):
 locust monkey-patches the process with gevent, which breaks processes that use ssl/asyncio.
 
-Environment: MODELRAIL_LOAD_MODEL, MODELRAIL_LOAD_VERSION (optional),
+Environment: MODELRAIL_LOAD_MODEL, MODELRAIL_LOAD_VERSION (optional), MODELRAIL_LOAD_WAIT
+(optional, seconds between one user's requests; default 0),
 MODELRAIL_LOAD_ROWS (JSON file: a list of feature rows to send, one row per request).
 """
 
@@ -15,6 +16,7 @@ from locust import HttpUser, constant, task
 
 MODEL = os.environ["MODELRAIL_LOAD_MODEL"]
 VERSION = os.environ.get("MODELRAIL_LOAD_VERSION", "")
+WAIT = float(os.environ.get("MODELRAIL_LOAD_WAIT", "0"))  # seconds between a user's requests
 with open(os.environ["MODELRAIL_LOAD_ROWS"]) as fh:
     ROWS = json.load(fh)
 PATH = f"/v2/models/{MODEL}" + (f"/versions/{VERSION}" if VERSION else "") + "/infer"
@@ -23,7 +25,7 @@ BODIES = [json.dumps({"inputs": [{"name": "input", "datatype": "FP64",
 
 
 class OIPRestUser(HttpUser):
-    wait_time = constant(0)
+    wait_time = constant(WAIT)
 
     @task
     def infer(self) -> None:

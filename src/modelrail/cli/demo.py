@@ -1,7 +1,17 @@
-"""`modelrail demo`: the README's main job.
+"""`modelrail demo`: the README's main job, end to end on this machine.
 
-For now: train the example models (models/examples.yaml), register each through the
-conversion + parity gate, verify every stored copy, and print what was registered.
+1. Train the example models (models/examples.yaml), register each through the conversion +
+   parity gate, and verify every stored copy.
+2. Walk iris through dev → staging → prod, each environment brought up from its own stack
+   file (`env up`): version 2 is canaried and promoted under continuous Locust load
+   (prod pauses at its manual gate; the demo passes it with `rollout promote`).
+3. In prod, version 3 — fast, error-free and wrong (trained on shuffled labels) — is
+   canaried and rolled back automatically by the model gate.
+4. Print a summary, write the HTML report, bring the environments down.
+
+The same commands a platform engineer and CI run (`env up`, `rollout start --wait`,
+`rollout promote`, `rollout report`, `env down`), called in-process; the pace is quickened
+with `--step-seconds` so the whole walk takes a few minutes.
 """
 
 from __future__ import annotations
@@ -14,16 +24,52 @@ from typing import Any
 from modelrail.cli.model import DEFAULT_SPEC, DEFAULT_TRAIN_OUT, headline_metric, verify_or_raise
 from modelrail.cli.output import table
 
+ENVIRONMENTS = ("dev", "staging", "prod")
+MODEL, GOOD, BAD = "iris", "2", "3"
+
 
 def add_parser(sub: Any) -> None:
     p = sub.add_parser("demo", help="run the local end-to-end demo")
     p.add_argument("--spec", type=Path, default=DEFAULT_SPEC)
     p.add_argument("--work-dir", type=Path, default=DEFAULT_TRAIN_OUT)
     p.add_argument("--registry", default=None)
+    p.add_argument("--project", type=Path, default=Path("."),
+                   help="folder with Pulumi.<env>.yaml (default: .)")
+    p.add_argument("--state-dir", type=Path, default=None)
+    p.add_argument("--step-seconds", type=int, default=5,
+                   help="how long each canary step holds (default 5: demo pace)")
+    p.add_argument("--models-only", action="store_true",
+                   help="stop after training and registering (no environments)")
+    p.add_argument("--report", type=Path, default=Path(".modelrail/demo/report.html"))
     p.set_defaults(handler=_demo)
 
 
 def _demo(args: argparse.Namespace) -> int:
+    started = time.monotonic()
+    registry = _register(args)
+    if args.models_only:
+        return 0
+    results = []
+    try:
+        for env in ENVIRONMENTS:
+            results += _walk(args, env, registry, bad=env == "prod")
+    finally:
+        for env in ENVIRONMENTS:
+            _cli(["env", "down", env, *_state(args)], quiet=True)
+    print("\n== summary")
+    print(table(("ENV", "ROLLOUT", "VERDICT", "EXPECTED", "SECONDS", "ROLLBACK AFTER",
+                 "CLIENT REQUESTS", "FAILED"),
+                [(r["env"], r["rollout"], r["verdict"], r["expected"], f"{r['seconds']:.0f}",
+                  r["rollback_after"], str(r["requests"]), str(r["failures"]))
+                 for r in results]))
+    _write_report(args, results)
+    ok = all(r["verdict"] == r["expected"] for r in results)
+    print(f"== demo {'passed' if ok else 'FAILED'} in {time.monotonic() - started:.0f}s; "
+          f"report: {args.report}")
+    return 0 if ok else 1
+
+
+def _register(args: argparse.Namespace) -> Any:
     from modelrail.models.register import register_model
     from modelrail.models.registry import parse_registry_flag
     from modelrail.models.train import load_spec, train_all
@@ -47,4 +93,108 @@ def _demo(args: argparse.Namespace) -> int:
     print(table(("MODEL", "ESTIMATOR", "SHA256", "METRIC", "MAX |DIFF|", "LABEL MISMATCH",
                  "REGISTERED", "VERIFIED"), rows))
     print(f"== {len(rows)} models registered and verified in {time.monotonic() - started:.1f}s")
-    return 0
+    return registry
+
+
+def _state(args: argparse.Namespace) -> list[str]:
+    return ["--state-dir", str(args.state_dir)] if args.state_dir else []
+
+
+def _cli(argv: list[str], *, quiet: bool = False) -> int:
+    import contextlib
+    import io
+
+    from modelrail.cli import main
+
+    if not quiet:
+        print(f"$ modelrail {' '.join(argv)}", flush=True)
+        return main(argv)
+    with contextlib.redirect_stdout(io.StringIO()):
+        return main(argv)
+
+
+def _walk(args: argparse.Namespace, env: str, registry: Any,
+          *, bad: bool) -> list[dict[str, Any]]:
+    from modelrail.rollout.load import BackgroundLoad
+    from modelrail.rollout.store import EnvStore
+
+    print(f"\n== {env}: up from Pulumi.{env}.yaml, then {MODEL}:{GOOD} by canary")
+    reg = ["--registry", str(registry.root)]
+    # one model and at most two instances per track keep a 2-core machine responsive
+    code = _cli(["env", "up", env, "--project", str(args.project), "--models", MODEL,
+                 "--max-replicas", "2", *reg, *_state(args)])
+    if code != 0:
+        raise SystemExit(code)
+    info = EnvStore(env, args.state_dir).read_env() or {}
+    rows = registry.sample(MODEL, GOOD)
+    out = []
+    for version, expected in ((GOOD, "PROMOTED"), *(((BAD, "ROLLED BACK"),) if bad else ())):
+        load = BackgroundLoad(protocol="rest", target=info["http"], model=MODEL, rows=rows,
+                              users=2, wait=0.02, max_seconds=600)
+        t0 = time.monotonic()
+        code = _rollout(args, env, version, reg)
+        result = load.stop()
+        verdict = {0: "PROMOTED", 9: "ROLLED BACK", 10: "TIMED OUT", 11: "ABORTED"}.get(
+            code, f"exit {code}")
+        out.append({"env": env, "rollout": f"{MODEL} -> {version}", "verdict": verdict,
+                    "expected": expected, "seconds": time.monotonic() - t0,
+                    "rollback_after": _rollback_after(env, args.state_dir),
+                    "requests": result.sample.requests, "failures": result.sample.failures,
+                    "id": EnvStore(env, args.state_dir).find(None, MODEL).id})
+    _cli(["rollout", "report", "--env", env, "--all", *_state(args)], quiet=True)
+    _cli(["env", "down", env, *_state(args)])
+    return out
+
+
+def _rollout(args: argparse.Namespace, env: str, version: str, reg: list[str]) -> int:
+    """Start and follow a rollout; pass a manual gate as a person (or CI job) would."""
+    import threading
+
+    from modelrail.rollout.spec import Phase
+    from modelrail.rollout.store import EnvStore
+
+    store = EnvStore(env, args.state_dir)
+    stop = threading.Event()
+
+    def gatekeeper() -> None:
+        while not stop.wait(0.5):
+            active = store.active(MODEL)
+            st = active[0].rollout_status() if active else None
+            if st is not None and st.phase is Phase.PAUSED:
+                print(f"   (manual gate at {st.weight}%: the demo approves it)", flush=True)
+                _cli(["rollout", "promote", "--env", env, "--model", MODEL, *_state(args)],
+                     quiet=True)
+                time.sleep(2)
+
+    keeper = threading.Thread(target=gatekeeper, daemon=True)
+    keeper.start()
+    try:
+        return _cli(["rollout", "start", "--env", env, "--model", f"{MODEL}:{version}",
+                     "--wait", "--timeout", "600", "--step-seconds", str(args.step_seconds),
+                     *reg, *_state(args)])
+    finally:
+        stop.set()
+        keeper.join(5)
+
+
+def _rollback_after(env: str, state_dir: Path | None) -> str:
+    """Seconds from the canary's first traffic to the rollback being done."""
+    from modelrail.rollout.store import EnvStore
+
+    st = EnvStore(env, state_dir).find(None, MODEL).rollout_status()
+    if st is None or st.phase.value != "RolledBack":
+        return "-"
+    first = next((h["at"] for h in st.history if h["action"] == "set_weight"), None)
+    done = st.history[-1]["at"]
+    return f"{done - first:.1f}s" if first is not None else "-"
+
+
+def _write_report(args: argparse.Namespace, results: list[dict[str, Any]]) -> None:
+    from modelrail.rollout.report import write_report
+    from modelrail.rollout.store import EnvStore, RolloutFiles
+
+    pairs = []
+    for r in results:
+        store = EnvStore(r["env"], args.state_dir)
+        pairs.append((store, RolloutFiles(store.rollouts_dir / r["id"])))
+    write_report(args.report, pairs, title="modelrail demo: iris through dev → staging → prod")

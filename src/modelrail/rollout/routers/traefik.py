@@ -221,9 +221,12 @@ class TraefikRouter:
                                                "rule": "PathPrefix(`/`)", "priority": 1,
                                                "middlewares": ["retry"],
                                                "service": f"{name}-{proto}-weighted"}
+                # healthCheck: {} lets the split skip a track with no healthy instance
+                # (e.g. its only instance was just killed) instead of failing its share
                 services[f"{name}-{proto}-weighted"] = {"weighted": {"services": [
                     {"name": f"{name}-{proto}-stable", "weight": 100 - r.canary_weight},
-                    {"name": f"{name}-{proto}-canary", "weight": r.canary_weight}]}}
+                    {"name": f"{name}-{proto}-canary", "weight": r.canary_weight}],
+                    "healthCheck": {}}}
                 for track, pool in (("stable", r.stable), ("canary", r.canary)):
                     services[f"{name}-{proto}-{track}"] = {"loadBalancer": {
                         "servers": [{"url": f"{scheme}://{self.host}:{ports[idx]}"}

@@ -1,0 +1,221 @@
+"""The CLI a CI job uses, end to end on real local environments: `env up|status|down` and
+`rollout start|status|promote|abort|history|report`, with their exit codes; a controller
+killed mid-rollout and an instance killed mid-rollout lose nothing; autoscaling follows a
+load ramp up and back down."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import time
+from html.parser import HTMLParser
+from pathlib import Path
+
+import pytest
+
+from modelrail.rollout.load import run_load
+from modelrail.rollout.traffic import ClientTraffic
+from modelrail.serving.process import pid_alive
+from tests.conftest import Example
+from tests.rollout.envs import cli, env_info, local_env, write_stack
+
+pytestmark = pytest.mark.slow
+BODY = {"inputs": [{"name": "input", "datatype": "FP32", "shape": [1, 4],
+                    "data": [5.1, 3.5, 1.4, 0.2]}]}
+FAST = ("--step-seconds", "5", "--steps", "25,50,100")
+
+
+def _traffic(info: dict[str, object]) -> ClientTraffic:
+    return ClientTraffic(f"{info['http']}/v2/models/iris/infer", BODY, pause=0.01,
+                         max_seconds=240).start()
+
+
+def _wait_for(predicate: object, timeout: float, what: str) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():  # type: ignore[operator]
+            return
+        time.sleep(0.3)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+def _status(state: Path, env: str) -> dict[str, object]:
+    out = cli("rollout", "status", "--env", env, "-o", "json", state_dir=state)
+    data: dict[str, object] = json.loads(out.stdout)
+    return data
+
+
+def test_ci_flow_promotes_with_zero_failed_requests(examples: dict[str, Example],
+                                                     tmp_path: Path) -> None:
+    project, state = tmp_path / "project", tmp_path / "state"
+    write_stack(project, "ci")
+    early = cli("rollout", "start", "--env", "ci", "--model", "iris:2", state_dir=state)
+    assert early.returncode == 12 and "modelrail env up ci" in early.stderr, early.stderr
+    with local_env(project, state, "ci") as info:
+        status = cli("env", "status", "ci", "-o", "json", state_dir=state)
+        assert status.returncode == 0 and json.loads(status.stdout)["phase"] == "Ready"
+        for args, needle in ((("--model", "iris:99"), "versions of iris: 1, 2, 3"),
+                             (("--model", "iris:1"), "already the stable version"),
+                             (("--model", "iris:2", "--steps", "50,10"), "not strictly increasing"),
+                             (("--model", "iris:2", "--step-seconds", "1"), "step_seconds"),
+                             (("--model", "wine:1"), "not served in environment ci")):
+            bad = cli("rollout", "start", "--env", "ci", *args, state_dir=state)
+            assert bad.returncode == 2 and needle in bad.stderr, (args, bad.stderr)
+        traffic = _traffic(info)
+        run = cli("rollout", "start", "--env", "ci", "--model", "iris:2", "--wait", *FAST,
+                  "-o", "json", state_dir=state)
+        results = traffic.stop()
+        assert run.returncode == 0, run.stdout + run.stderr
+        summary = json.loads(run.stdout)
+        assert summary["phase"] == "Succeeded" and summary["exit_code"] == 0
+        assert set(results) == {200} and results[200] > 200, results  # zero failed
+        assert env_info(state, "ci")["models"]["iris"]["stable"] == "iris:2"
+        # OIP over gRPC and REST through the proxy now reach the promoted version
+        rows = examples["iris:2"].split.X_test.tolist()
+        grpc = run_load(protocol="grpc", target=info["grpc"]["iris"], model="iris",
+                        rows=rows, users=1, seconds=2)
+        rest = run_load(protocol="rest", target=info["http"], model="iris", rows=rows,
+                        users=1, seconds=2)
+        for r in (grpc, rest):
+            assert r.sample.requests > 0 and r.sample.failures == 0, r.output_tail
+        # the audit trail: every decision with versions, sha256, weights and evidence
+        hist = json.loads(cli("rollout", "history", "--env", "ci", "-o", "json",
+                              state_dir=state).stdout)
+        assert [e["weight"] for e in hist if e["action"] == "set_weight"] == [25, 50, 100]
+        assert hist[-1]["to"] == "Succeeded"
+        assert hist[-1]["canary"]["sha256"] == examples["iris:2"].card.sha256
+        assert hist[-1]["stable"]["sha256"] == examples["iris:1"].card.sha256
+        analysed = [e for e in hist if e["measurements"]]
+        assert analysed and all(e["measurements"]["load"]["requests"] > 0 for e in analysed)
+        text = cli("rollout", "history", "--env", "ci", state_dir=state).stdout
+        assert "Promoting->Succeeded" in text and "sha256 " in text
+        # the report: self-contained HTML with the charts
+        out = tmp_path / "report.html"
+        assert cli("rollout", "report", "--env", "ci", "--out", str(out),
+                   state_dir=state).returncode == 0
+        _check_report(out.read_text())
+        pids = [i["pid"] for t in json.loads((state / "ci" / "plane.json").read_text())
+                ["tracks"] for i in t["instances"]]
+    assert not any(pid_alive(p) for p in pids)  # env down stopped every instance
+    assert cli("env", "status", "ci", state_dir=state).returncode == 12
+
+
+def _check_report(html: str) -> None:
+    found: dict[str, int] = {}
+
+    class Parser(HTMLParser):
+        def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
+            found[tag] = found.get(tag, 0) + 1
+            for name, value in attrs:
+                assert not (name in ("src", "href") and value), (tag, name, value)
+
+    Parser().feed(html)
+    assert found.get("svg") == 5 and found.get("polyline", 0) >= 5, found
+    assert "script" not in found and "link" not in found  # viewable offline
+    for title in ("canary weight", "request rate", "error rate", "p99 latency", "model gate"):
+        assert title in html
+
+
+def test_bad_canary_exits_9_and_abort_exits_11(examples: dict[str, Example],
+                                              tmp_path: Path) -> None:
+    project, state = tmp_path / "project", tmp_path / "state"
+    write_stack(project, "ci2")
+    with local_env(project, state, "ci2") as info:
+        traffic = _traffic(info)
+        wrong = cli("rollout", "start", "--env", "ci2", "--model", "iris:3", "--wait", *FAST,
+                    state_dir=state)
+        assert wrong.returncode == 9, wrong.stdout + wrong.stderr
+        assert "ROLLED BACK" in wrong.stdout and "model gate: FAIL" in wrong.stdout
+        started = cli("rollout", "start", "--env", "ci2", "--model", "iris:2",
+                      "--step-seconds", "60", state_dir=state)
+        assert started.returncode == 0, started.stderr
+        _wait_for(lambda: _status(state, "ci2")["phase"] == "Progressing", 60, "progress")
+        promote = cli("rollout", "promote", "--env", "ci2", state_dir=state)
+        assert promote.returncode == 2 and "not paused at a manual gate" in promote.stderr
+        assert cli("rollout", "abort", "--env", "ci2", "--model", "iris",
+                   state_dir=state).returncode == 0
+        watch = cli("rollout", "status", "--env", "ci2", "--watch", state_dir=state)
+        assert watch.returncode == 11 and "ABORTED" in watch.stdout, watch.stdout
+        results = traffic.stop()
+        assert env_info(state, "ci2")["models"]["iris"] == {
+            "stable": "iris:1", "stable_instances": 1, "canary": None, "canary_instances": 0,
+            "canary_weight": 0}
+        # the bad canary got a share of real traffic for one interval at most; the wrong
+        # answers are not failed requests, so the clients saw none fail
+        assert set(results) == {200}, results
+
+
+def test_instance_and_controller_killed_mid_rollout_lose_nothing(
+        examples: dict[str, Example], tmp_path: Path) -> None:
+    project, state = tmp_path / "project", tmp_path / "state"
+    write_stack(project, "ci3", autoscaling={
+        "minReplicas": 2, "maxReplicas": 2, "targetCpuUtilization": 70,
+        "scaleUpStabilizationSeconds": 0, "scaleDownStabilizationSeconds": 60})
+    with local_env(project, state, "ci3") as info:
+        traffic = _traffic(info)
+        assert cli("rollout", "start", "--env", "ci3", "--model", "iris:2", "--step-seconds",
+                   "8", "--steps", "25,50,100", state_dir=state).returncode == 0
+        _wait_for(lambda: _status(state, "ci3")["weight"] == 25, 60, "step 1")
+        # an instance dies (SIGKILL, its whole process group): the supervisor replaces it
+        victim = json.loads((state / "ci3" / "plane.json").read_text())
+        stable = next(t for t in victim["tracks"] if t["track"] == "stable")
+        os.killpg(stable["instances"][0]["pid"], signal.SIGKILL)
+        _wait_for(lambda: "supervisor: restarted" in (state / "ci3" / "controller.log"
+                                                      ).read_text(), 30, "the supervisor")
+        # the controller dies (SIGKILL) at step 2; the data plane keeps serving
+        _wait_for(lambda: _status(state, "ci3")["weight"] == 50, 90, "step 2")
+        os.kill(env_info(state, "ci3")["pid"], signal.SIGKILL)
+        time.sleep(3)
+        assert cli("env", "status", "ci3", state_dir=state).returncode == 12
+        before = traffic.total
+        time.sleep(2)
+        assert traffic.total > before  # still served with no controller
+        again = cli("env", "up", "ci3", "--project", str(project), state_dir=state)
+        assert again.returncode == 0, again.stderr
+        watch = cli("rollout", "status", "--env", "ci3", "--watch", "--timeout", "180",
+                    state_dir=state)
+        results = traffic.stop()
+        assert watch.returncode == 0, watch.stdout
+        assert set(results) == {200} and results[200] > 300, results
+        status = json.loads((next((state / "ci3" / "rollouts").iterdir()) / "status.json"
+                             ).read_text())
+        history = status["status"]["history"]
+        actions = [(h["action"], h["weight"]) for h in history
+                   if h["action"] not in ("hold", "complete")]
+        # each action exactly once and in order: none repeated, none lost
+        assert actions == [("set_weight", 25), ("set_weight", 50), ("set_weight", 100),
+                           ("promote", 100)], actions
+        assert [h["seq"] for h in history if h["action"] != "complete"] == [1, 2, 3, 4]
+        assert status["executed_seq"] == status["status"]["seq"]
+        log = (state / "ci3" / "controller.log").read_text()
+        assert "adopted the running environment" in log
+
+
+def test_autoscaling_follows_a_load_ramp_up_and_down(examples: dict[str, Example],
+                                                     tmp_path: Path) -> None:
+    project, state = tmp_path / "project", tmp_path / "state"
+    write_stack(project, "ci4", autoscaling={
+        "minReplicas": 1, "maxReplicas": 3, "targetCpuUtilization": 70,
+        "scaleUpStabilizationSeconds": 0, "scaleDownStabilizationSeconds": 5})
+    # 40 ms per request makes in-flight requests follow the number of clients
+    faults = {"MODELRAIL_FAULTS": json.dumps({"iris:1": {"latency_ms": 40}})}
+    with local_env(project, state, "ci4", "--target-in-flight", "1",
+                   extra_env=faults) as info:
+        def replicas() -> int:
+            return int(env_info(state, "ci4")["models"]["iris"]["stable_instances"])
+
+        assert replicas() == 1
+        ramp = ClientTraffic(f"{info['http']}/v2/models/iris/infer", BODY, threads=6,
+                             pause=0.0, max_seconds=90).start()
+        try:
+            _wait_for(lambda: replicas() >= 2, 60, "scale-up under load")
+        finally:
+            results = ramp.stop()
+        assert set(results) == {200}, results  # scaling up lost nothing
+        _wait_for(lambda: replicas() == 1, 60, "scale-down after the load")
+        events = [json.loads(line) for line in
+                  (state / "ci4" / "scaling.jsonl").read_text().splitlines()]
+        assert events[0]["to"] > events[0]["from"] and events[0]["metric"] > 1
+        assert events[-1]["to"] == 1 and events[-1]["to"] < events[-1]["from"]
+        assert max(e["to"] for e in events) <= 3

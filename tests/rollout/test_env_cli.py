@@ -138,9 +138,10 @@ def test_bad_canary_exits_9_and_abort_exits_11(examples: dict[str, Example],
         watch = cli("rollout", "status", "--env", "ci2", "--watch", state_dir=state)
         assert watch.returncode == 11 and "ABORTED" in watch.stdout, watch.stdout
         results = traffic.stop()
-        assert env_info(state, "ci2")["models"]["iris"] == {
+        # the verdict is given once the rollback is carried out; env.json follows within 1 s
+        _wait_for(lambda: env_info(state, "ci2")["models"]["iris"] == {
             "stable": "iris:1", "stable_instances": 1, "canary": None, "canary_instances": 0,
-            "canary_weight": 0}
+            "canary_weight": 0}, 5, "env.json to show the canary gone")
         # the bad canary got a share of real traffic for one interval at most; the wrong
         # answers are not failed requests, so the clients saw none fail
         assert set(results) == {200}, results

@@ -109,7 +109,7 @@ def _cli(argv: list[str], *, quiet: bool = False) -> int:
     if not quiet:
         print(f"$ modelrail {' '.join(argv)}", flush=True)
         return main(argv)
-    with contextlib.redirect_stdout(io.StringIO()):
+    with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):
         return main(argv)
 
 
@@ -161,10 +161,12 @@ def _rollout(args: argparse.Namespace, env: str, version: str, reg: list[str]) -
             active = store.active(MODEL)
             st = active[0].rollout_status() if active else None
             if st is not None and st.phase is Phase.PAUSED:
-                print(f"   (manual gate at {st.weight}%: the demo approves it)", flush=True)
+                print(f"   (manual gate at {st.weight}%: the demo approves it: modelrail "
+                      f"rollout promote --env {env} --model {MODEL})", flush=True)
                 _cli(["rollout", "promote", "--env", env, "--model", MODEL, *_state(args)],
                      quiet=True)
-                time.sleep(2)
+                while not stop.wait(0.5) and (active[0].rollout_status() or st).seq == st.seq:
+                    pass  # until the controller has acted on it
 
     keeper = threading.Thread(target=gatekeeper, daemon=True)
     keeper.start()

@@ -221,10 +221,13 @@ def _summary(files: Any) -> dict[str, Any]:
     st = files.rollout_status()
     spec = files.read_request()["spec"]
     phase = st.phase.value if st else "Pending"
+    # a verdict counts once its last action (e.g. the rollback of an abort) was carried out
+    saved = files.read_status() or {}
+    done = st is not None and st.phase.terminal and saved.get("executed_seq", 0) >= st.seq
     return {"id": files.id, "model": spec["model"], "stable": spec["stable_version"],
             "canary": spec["canary_version"], "phase": phase, "weight": st.weight if st else 0,
             "message": st.message if st else "waiting for the environment's controller",
-            "exit_code": PHASE_EXIT.get(phase),
+            "exit_code": PHASE_EXIT.get(phase) if done else None,
             "started_at": st.started_at if st else None,
             "history": list(st.history) if st else []}
 
@@ -291,7 +294,10 @@ def _command(args: argparse.Namespace) -> int:
             accepted="promote passes a manual gate (manualGates in the stack's rollout "
                      "policy); analysis moves the other steps")
     store.require_up()
-    append_jsonl(files.commands, {"command": args.command, "at": time.time()})
+    # a promote names the pause it answers (the status seq): a late or repeated one can
+    # never pass a later gate
+    append_jsonl(files.commands, {"command": args.command, "at": time.time(),
+                                  "seq": st.seq if st else 0})
     print(f"{args.command} requested for rollout {files.id}", file=sys.stderr)
     if args.output == "json":
         print_json({"id": files.id, "command": args.command})

@@ -106,8 +106,11 @@ class LocalRollout:
     def _commands(self) -> tuple[bool, bool]:
         new = read_jsonl(self.files.commands)[self.commands_seen:]
         self.commands_seen += len(new)
-        kinds = {c.get("command") for c in new}
-        return "abort" in kinds, "promote" in kinds
+        abort = any(c.get("command") == "abort" for c in new)
+        # a promote counts only for the pause it was issued against
+        promote = any(c.get("command") == "promote" and c.get("seq") == self.status.seq
+                      and self.status.phase is Phase.PAUSED for c in new)
+        return abort, promote
 
     def _finish_interrupted_action(self) -> None:
         if self.status.seq <= self.executed_seq:

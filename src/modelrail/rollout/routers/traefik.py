@@ -67,7 +67,8 @@ class TraefikRouter:
         self.dynamic_dir.mkdir(parents=True, exist_ok=True)
         self.routes: dict[str, Route] = {}
         self.proc: Proc | None = None
-        self._write()
+        if not (self.dynamic_dir / "routes.yaml").exists():
+            self._write()  # never overwrite the routes a running proxy serves (adoption)
 
     # --- persistence: a restarted controller re-adopts the running proxy ------------
     def to_state(self) -> dict[str, Any]:
@@ -242,6 +243,10 @@ class TraefikRouter:
         middlewares = {"retry": {"retry": {"attempts": 3, "initialInterval": "50ms"}}}
         doc = ({"http": {"routers": routers, "services": services,
                          "middlewares": middlewares}} if routers else {})
+        text = yaml.safe_dump(doc, sort_keys=False)
+        target = self.dynamic_dir / "routes.yaml"
+        if target.exists() and target.read_text() == text:
+            return  # unchanged: do not make Traefik reload
         tmp = self.dynamic_dir / ".routes.yaml.tmp"
-        tmp.write_text(yaml.safe_dump(doc, sort_keys=False))
-        os.replace(tmp, self.dynamic_dir / "routes.yaml")
+        tmp.write_text(text)
+        os.replace(tmp, target)

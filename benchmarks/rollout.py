@@ -1,7 +1,9 @@
 """Rollout benchmark on the local platform: for each kind of bad candidate, the time from the
 canary's first traffic to full rollback and the blast radius (share of all client requests
 that failed while the canary was live); for a good candidate, failed requests; and the
-weight-change propagation time (set on Traefik → observed on its API).
+weight-change propagation time (set on Traefik → observed on its API). Each bad kind runs
+twice: with the pre-traffic analysis `rollout start` does by default (the ready canary is
+loaded directly and gated before any user request), and with live-traffic analysis only.
 
     .venv/bin/python benchmarks/rollout.py
 
@@ -71,6 +73,7 @@ def prepare() -> tuple[np.ndarray, str]:
 
 def scenario(name: str, rows: np.ndarray, spec: RolloutSpec,
              faults: dict[str, Any]) -> dict[str, Any]:
+    mode = "pre-traffic + live" if spec.pre_traffic_analysis else "live only"
     shutil.rmtree(WORK / "rollout" / name, ignore_errors=True)  # a fresh rollout, not a resume
     env = LocalEnvironment(name=name, run_dir=WORK / "rollout" / name,
                            extra_env={"MODELRAIL_FAULTS": json.dumps(faults)})
@@ -95,6 +98,7 @@ def scenario(name: str, rows: np.ndarray, spec: RolloutSpec,
 
         traffic = ClientTraffic(f"http://127.0.0.1:{env.router.http_port}/v2/models/iris/"
                                 "infer", BODY, max_seconds=300).start()
+        started = time.monotonic()
         status = LocalRollout(env=env, spec=spec, rows=rows, task="classification",
                               files=RolloutFiles(WORK / "rollout" / name / "rollout"),
                               on_decision=on_decision).run(deadline_seconds=240)
@@ -103,7 +107,9 @@ def scenario(name: str, rows: np.ndarray, spec: RolloutSpec,
         env.stop()
     total, failed = traffic.total, traffic.failed
     return {
-        "kind": name, "phase": status.phase.value,
+        "kind": name, "mode": mode, "phase": status.phase.value,
+        "start_to_end_s": (done_at[0] - started) if done_at else None,
+        "canary_took_traffic": bool(first_traffic),
         "first_traffic_to_end_s": (done_at[0] - first_traffic[0])
         if first_traffic and done_at else None,
         "requests": total, "failed": failed,
@@ -115,14 +121,16 @@ def scenario(name: str, rows: np.ndarray, spec: RolloutSpec,
 
 def main() -> int:
     rows, wrong = prepare()
-    runs = [
-        scenario("good", rows, SPEC, {}),
-        scenario("errors", rows, SPEC, {"iris:2": {"error_rate": 0.3}}),
-        scenario("slow", rows, SPEC, {"iris:2": {"latency_ms": 400}}),
-        scenario("wrong", rows, replace(SPEC, canary_version=wrong), {}),
-        scenario("never-ready", rows, replace(SPEC, progress_deadline_seconds=15),
-                 {"iris:2": {"never_ready": True}}),
-    ]
+    pre = replace(SPEC, pre_traffic_analysis=True)  # what `rollout start` does by default
+    runs = [scenario("good", rows, pre, {})]
+    for spec in (pre, SPEC):
+        runs += [
+            scenario("errors", rows, spec, {"iris:2": {"error_rate": 0.3}}),
+            scenario("slow", rows, spec, {"iris:2": {"latency_ms": 400}}),
+            scenario("wrong", rows, replace(spec, canary_version=wrong), {}),
+        ]
+    runs.append(scenario("never-ready", rows, replace(pre, progress_deadline_seconds=15),
+                         {"iris:2": {"never_ready": True}}))
     (WORK / "rollout.json").write_text(json.dumps(runs, indent=2))
     lines = ["## Rollouts (`benchmarks/rollout.py`)", "",
              "Local platform, iris:1 → candidate, steps 10/50/100 %, 4 s per step, "
@@ -130,14 +138,18 @@ def main() -> int:
              "plus Locust per analysis interval. Targets: rollback within 30 s of first "
              "canary traffic, blast radius under 0.5 %, zero failed requests for a good "
              "canary.", "",
-             "| candidate | outcome | first traffic → end | client requests | failed | "
-             "blast radius | max weight propagation |", "|---|---|---|---|---|---|---|"]
+             "| candidate | analysis | outcome | start → end | first traffic → end | "
+             "client requests | failed | blast radius | max weight propagation |",
+             "|---|---|---|---|---|---|---|---|---|"]
     for r in runs:
         t = r["first_traffic_to_end_s"]
+        se = r["start_to_end_s"]
         br = r["blast_radius"]
         wp = r["weight_propagation_s"]
-        lines.append(f"| {r['kind']} | {r['phase']} | "
-                     f"{'–' if t is None else f'{t:.1f} s'} | {r['requests']} | "
+        first = "no traffic" if not r["canary_took_traffic"] else (
+            "–" if t is None else f"{t:.1f} s")
+        lines.append(f"| {r['kind']} | {r['mode']} | {r['phase']} | "
+                     f"{'–' if se is None else f'{se:.1f} s'} | {first} | {r['requests']} | "
                      f"{r['failed']} | {'–' if br is None else f'{br:.3%}'} | "
                      f"{'–' if wp is None else f'{wp:.2f} s'} |")
     section = "\n".join(lines) + "\n"

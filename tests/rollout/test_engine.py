@@ -262,3 +262,38 @@ def test_a_fully_replayed_small_sample_is_evidence_not_no_data() -> None:
     assert verdict.status is Status.FAIL and verdict.decisive
     partial = GateSample(38, 0, 0.0, complete=False)
     assert check_model_gate(SPEC, replace(GOOD, gate=partial)).status is Status.INCONCLUSIVE
+
+
+PRE = replace(SPEC, pre_traffic_analysis=True)
+
+
+def test_pre_traffic_analysis_passes_then_the_first_step_starts() -> None:
+    drv = Driver(PRE)
+    assert drv.tick(canary_ready=True).action is Action.HOLD  # ready, no analysis yet
+    assert "pre-traffic" in drv.status.message and drv.status.weight == 0
+    d = drv.tick(canary_ready=True, measurements=GOOD)
+    assert d.action is Action.SET_WEIGHT and d.weight == 10
+    assert drv.status.phase is Phase.PROGRESSING
+
+
+@pytest.mark.parametrize("bad", [
+    replace(GOOD, canary=TrafficSample(200, 60, 5.0)),  # errors
+    replace(GOOD, gate=GateSample(200, 60, 0.4)),  # wrong answers
+    replace(GOOD, canary=TrafficSample(200, 0, 400.0)),  # slow
+])
+def test_a_bad_canary_is_rolled_back_before_any_user_traffic(bad: Measurements) -> None:
+    drv = Driver(PRE)
+    d = drv.tick(canary_ready=True, measurements=bad)
+    assert d.action is Action.ROLLBACK and d.weight == 0
+    assert drv.status.phase is Phase.ROLLING_BACK
+    assert "pre-traffic analysis failed" in drv.status.message
+    assert not [x for x in drv.decisions if x.action is Action.SET_WEIGHT]  # never exposed
+    assert drv.tick(rolled_back=True).status.phase is Phase.ROLLED_BACK
+
+
+def test_pre_traffic_without_data_holds_then_fails_at_the_deadline() -> None:
+    drv = Driver(PRE)
+    d = drv.tick(canary_ready=True, measurements=Measurements())
+    assert d.action is Action.HOLD and drv.status.phase is Phase.INITIALIZING
+    d = drv.tick(61.0, canary_ready=True, measurements=Measurements())
+    assert drv.status.phase is Phase.FAILED and d.action is Action.ROLLBACK

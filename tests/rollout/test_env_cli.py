@@ -127,6 +127,11 @@ def test_bad_canary_exits_9_and_abort_exits_11(examples: dict[str, Example],
                     state_dir=state)
         assert wrong.returncode == 9, wrong.stdout + wrong.stderr
         assert "ROLLED BACK" in wrong.stdout and "model gate: FAIL" in wrong.stdout
+        # caught by the pre-traffic analysis: no user request ever reached the canary
+        assert "pre-traffic analysis failed" in wrong.stdout
+        hist = json.loads(cli("rollout", "history", "--env", "ci2", "-o", "json",
+                              state_dir=state).stdout)
+        assert not [e for e in hist if e["action"] == "set_weight"], hist
         started = cli("rollout", "start", "--env", "ci2", "--model", "iris:2",
                       "--step-seconds", "60", state_dir=state)
         assert started.returncode == 0, started.stderr

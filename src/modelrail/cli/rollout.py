@@ -19,6 +19,7 @@ import argparse
 import json
 import sys
 import time
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -55,6 +56,9 @@ def add_parser(sub: Any) -> None:
     s.add_argument("--interval", type=float, default=3.0,
                    help="seconds of Locust load per analysis interval (default: 3)")
     s.add_argument("--load-users", type=int, default=2)
+    s.add_argument("--no-pre-traffic", action="store_true",
+                   help="skip the analysis of the ready canary (load straight at it, model "
+                        "gate) before it takes user traffic")
     s.add_argument("--no-grpc-load", action="store_true",
                    help="drive REST load only (default: REST via the proxy + gRPC at the "
                         "canary)")
@@ -135,8 +139,9 @@ def _start(args: argparse.Namespace) -> int:
                                 f"{args.load_users}", where="start flags",
                                 accepted="--interval 0.5..300 seconds, --load-users 1..64")
     rows = _sample(args.sample, registry, name, version, stable, card.inputs[0].shape[-1])
-    spec = RolloutSpec.from_policy(policy, model=name, stable_version=stable,
-                                   canary_version=version)
+    spec = replace(RolloutSpec.from_policy(policy, model=name, stable_version=stable,
+                                           canary_version=version),
+                   pre_traffic_analysis=not args.no_pre_traffic)
     files = store.new_rollout(name, version)
     write_json(files.sample, {"rows": rows})
     write_json(files.request, {

@@ -19,7 +19,8 @@ from modelrail.rollout.spec import Phase, RolloutSpec, RolloutStatus
 
 # The allowed moves; staying in a phase is always allowed.
 TRANSITIONS: dict[Phase, frozenset[Phase]] = {
-    Phase.INITIALIZING: frozenset({Phase.PROGRESSING, Phase.FAILED, Phase.ABORTED}),
+    Phase.INITIALIZING: frozenset({Phase.PROGRESSING, Phase.ROLLING_BACK, Phase.FAILED,
+                                   Phase.ABORTED}),
     Phase.PROGRESSING: frozenset({Phase.PROGRESSING, Phase.PAUSED, Phase.PROMOTING,
                                   Phase.ROLLING_BACK, Phase.FAILED, Phase.ABORTED}),
     Phase.PAUSED: frozenset({Phase.PROGRESSING, Phase.PROMOTING, Phase.ROLLING_BACK,
@@ -134,8 +135,21 @@ def _set_step(status: RolloutStatus, spec: RolloutSpec, index: int, now: float,
 def _initializing(spec: RolloutSpec, status: RolloutStatus, obs: Observation) -> Decision:
     if obs.abort:
         return _rollback(status, Phase.ABORTED, "aborted before the canary took traffic")
-    if obs.canary_ready:
+    if obs.canary_ready and not spec.pre_traffic_analysis:
         return _set_step(status, spec, 0, obs.now)
+    if obs.canary_ready:
+        # before any user traffic: load straight at the canary, metrics, the model gate
+        verdict = analyse(spec, obs.measurements) if obs.measurements else None
+        if verdict is not None and verdict.status is Status.FAIL:
+            return _rollback(status, Phase.ROLLING_BACK, "pre-traffic analysis failed (no "
+                             f"user traffic reached it): {verdict.summary()}", verdict)
+        if verdict is not None and verdict.status is Status.PASS:
+            return _set_step(status, spec, 0, obs.now)
+        if _deadline_passed(spec, status, obs.now):
+            return _rollback(status, Phase.FAILED, "no conclusive pre-traffic analysis "
+                             "before the progress deadline", verdict)
+        return _hold(status, "canary ready: pre-traffic analysis" +
+                     (f": {verdict.summary()}" if verdict else ""), verdict)
     if _deadline_passed(spec, status, obs.now):
         return _rollback(status, Phase.FAILED, "the canary never became ready before the "
                                                "progress deadline")

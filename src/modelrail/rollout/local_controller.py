@@ -5,7 +5,8 @@ Each tick: read new commands (promote / abort) → observe (canary ready? the we
 really applies; both tracks' metrics scraped over the interval; Locust load for the
 analysis interval — OIP REST through the proxy and OIP gRPC straight at the canary, side by
 side; the model gate on the validation sample) → `engine.decide` → persist → act → record
-that the action was carried out.
+that the action was carried out. With `spec.pre_traffic_analysis` the ready canary is
+first analysed the same way with all load sent straight to it, before any user request.
 
 Crash safety: the status is persisted *before* acting and `executed_seq` *after*. A
 controller that restarts finds `status.seq > executed_seq` exactly when it died between the
@@ -139,8 +140,13 @@ class LocalRollout:
         measurements = None
         analysing = (status.phase in (Phase.PROGRESSING, Phase.PAUSED) and ready and stable
                      and not abort)
-        if analysing:
-            measurements = self._measure(stable, canary, status.weight)
+        pre_traffic = (status.phase is Phase.INITIALIZING and self.spec.pre_traffic_analysis
+                       and ready and stable and not abort)
+        if analysing or pre_traffic:
+            # before it takes traffic the canary is loaded directly, not through the proxy
+            rest = canary[0].url if pre_traffic else (
+                f"http://127.0.0.1:{self.env.router.http_port}")
+            measurements = self._measure(stable, canary, status.weight, rest_target=rest)
         else:
             time.sleep(0.5)
         return Observation(now=time.time(), canary_ready=ready,
@@ -148,7 +154,8 @@ class LocalRollout:
                            measurements=measurements, promoted=self._promoted(),
                            rolled_back=self._rolled_back(), abort=abort, resume=resume)
 
-    def _measure(self, stable: list[Any], canary: list[Any], weight: int) -> Measurements:
+    def _measure(self, stable: list[Any], canary: list[Any], weight: int, *,
+                 rest_target: str) -> Measurements:
         model, rows = self.spec.model, self.rows.tolist()
         self.scrape.set_track("stable", Track(model, self.stable_ref.version,
                                               tuple(i.url for i in stable)))
@@ -158,8 +165,7 @@ class LocalRollout:
         self.scrape.sample(track="canary")  # baselines for this interval
         started = time.time()
         with ThreadPoolExecutor(2) as pool:
-            rest = pool.submit(run_load, protocol="rest",
-                               target=f"http://127.0.0.1:{self.env.router.http_port}",
+            rest = pool.submit(run_load, protocol="rest", target=rest_target,
                                model=model, rows=rows, users=self.load_users,
                                seconds=self.interval)
             grpc = (pool.submit(run_load, protocol="grpc",

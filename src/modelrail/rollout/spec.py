@@ -57,6 +57,9 @@ class RolloutSpec:
     manual_gates: tuple[int, ...] = ()  # weights at which to pause for a person
     require_model_gate: bool = True  # no model-gate data is "no data"
     require_load: bool = True  # a step needs a load test that produced requests
+    # analyse the ready canary under load sent straight to it (and the model gate) before it
+    # takes any user traffic: a bad canary is rolled back with nobody exposed to it
+    pre_traffic_analysis: bool = False
 
     @classmethod
     def from_policy(cls, policy: RolloutPolicy, *, model: str, stable_version: str,

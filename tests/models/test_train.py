@@ -20,10 +20,12 @@ def test_examples_spec_has_three_datasets_with_two_versions_each() -> None:
     datasets = {m.dataset for m in spec.models.values()}
     assert {"iris", "breast_cancer", "diabetes"} <= datasets
     assert all(len(m.versions) >= 2 for m in spec.models.values())
-    # versions differ in estimator or hyper-parameters
+    # versions differ in estimator, hyper-parameters or labels (iris 3: shuffled, the
+    # deliberately wrong candidate of the rollback demo)
     for m in spec.models.values():
-        assert len({(v.estimator, tuple(sorted(v.params.items())))
+        assert len({(v.estimator, tuple(sorted(v.params.items())), v.shuffle_labels)
                     for v in m.versions.values()}) == len(m.versions)
+    assert spec.models["iris"].versions["3"].shuffle_labels
 
 
 def test_training_is_reproducible(tmp_path: Path) -> None:

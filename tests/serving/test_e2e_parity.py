@@ -104,10 +104,10 @@ def test_convenience_route_with_records(server: Server, examples: dict[str, Exam
 
 def test_metadata_and_default_version(server: Server, examples: dict[str, Example]) -> None:
     meta = httpx.get(f"{server.http_url}/v2/models/iris").json()
-    assert meta["versions"] == ["1", "2"] and meta["platform"] == "onnxruntime_onnx"
+    assert meta["versions"] == ["1", "2", "3"] and meta["platform"] == "onnxruntime_onnx"
     assert meta["inputs"] == [{"name": "input", "datatype": "FP32", "shape": [-1, 4]}]
     # without a version, the highest served version answers
-    assert meta["parameters"]["sha256"] == examples["iris:2"].card.sha256
+    assert meta["parameters"]["sha256"] == examples["iris:3"].card.sha256
     server_meta = httpx.get(f"{server.http_url}/v2").json()
     assert "binary_tensor_data" in server_meta["extensions"]
     grpc_meta = tgrpc.InferenceServerClient(server.grpc_target).get_model_metadata(

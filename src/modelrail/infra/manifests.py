@@ -8,6 +8,7 @@ check, and by the rollout controller when it derives a canary from the stable De
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
 from modelrail.infra.config import ModelSpec, RolloutPolicy, StackConfig
@@ -374,6 +375,11 @@ def rollout_crd() -> Obj:
         "step": _num(0, 20, integer=True), "canaryWeight": _num(0, 100, integer=True),
         "message": {"type": "string"},
         "observedGeneration": {"type": "integer", "format": "int64"},
+        # the engine's own state (RolloutStatus) and the last action carried out: what a
+        # restarted operator resumes from
+        "rollout": {"type": "object", "x-kubernetes-preserve-unknown-fields": True},
+        "executedSeq": {"type": "integer", "format": "int64"},
+        "analysisJob": {"type": "string"},
         "lastAnalysis": {"type": "object", "x-kubernetes-preserve-unknown-fields": True},
         "conditions": {"type": "array", "items": {
             "type": "object", "required": ["type", "status"],
@@ -432,6 +438,38 @@ def controller_deployment(cfg: StackConfig) -> Obj:
                         "securityContext": _container_security(),
                         "volumeMounts": [{"name": "tmp", "mountPath": "/tmp"}]}],
                     "volumes": [{"name": "tmp", "emptyDir": {}}]}}}}
+
+
+def load_job(cfg: StackConfig, *, name: str, model: str, version: str, target: str,
+             rows: list[list[float]], seconds: int, users: int) -> Obj:
+    """The Locust run of one analysis interval as a Job (image: the controller's, which
+    carries modelrail and Locust). Its summary is the container's termination message."""
+    argv = ["python", "-m", "modelrail.rollout.loadjob", "--protocol", "rest", "--target",
+            target, "--model", model, "--version", version, "--seconds", str(seconds),
+            "--users", str(users)]
+    labels = {"app.kubernetes.io/name": model, "app.kubernetes.io/component": "load-test"}
+    return {
+        "apiVersion": "batch/v1", "kind": "Job",
+        "metadata": _meta(name, cfg, labels=labels),
+        "spec": {"backoffLimit": 0, "ttlSecondsAfterFinished": 600,
+                 "activeDeadlineSeconds": seconds + 120,
+                 "template": {"metadata": {"labels": {**labels, **PART_OF}},
+                              "spec": {"restartPolicy": "Never",
+                                       "automountServiceAccountToken": False,
+                                       "securityContext": _pod_security(),
+                                       "containers": [{
+                                           "name": "locust", "image": cfg.controller_image,
+                                           "args": argv,
+                                           "env": [{"name": "MODELRAIL_LOAD_ROWS_JSON",
+                                                    "value": json.dumps(rows)}],
+                                           "resources": {
+                                               "requests": {"cpu": "250m", "memory": "128Mi"},
+                                               "limits": {"cpu": "1", "memory": "256Mi"}},
+                                           "terminationMessagePolicy": "File",
+                                           "securityContext": _container_security(),
+                                           "volumeMounts": [{"name": "tmp",
+                                                             "mountPath": "/tmp"}]}],
+                                       "volumes": [{"name": "tmp", "emptyDir": {}}]}}}}
 
 
 def controller(cfg: StackConfig) -> list[Obj]:

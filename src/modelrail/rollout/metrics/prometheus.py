@@ -1,0 +1,71 @@
+"""PrometheusProvider: a track's traffic over the analysis window, from the Prometheus HTTP
+API (`/api/v1/query`), for the Kubernetes platform.
+
+The PromQL templates read the serving metrics every instance exports (serving/metrics.py),
+per namespace, model and version, over both protocols: requests, server errors (HTTP 5xx
+and the gRPC codes that mean the server failed) and the p99 of the latency histogram. An
+unreachable Prometheus, an error answer or an empty result is "no data" (None), never zero.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import httpx
+
+from modelrail.rollout.analysis import TrafficSample
+from modelrail.rollout.metrics.scrape import SERVER_ERRORS
+
+SELECTOR = 'namespace="{namespace}",model="{model}",version="{version}"'
+QUERIES = {
+    "requests": "sum(increase(modelrail_requests_total{{{sel}}}[{window}s]))",
+    "errors": "sum(increase(modelrail_requests_total{{{sel},outcome=~\"{errors}\"}}"
+              "[{window}s]))",
+    "p99_seconds": "histogram_quantile(0.99, sum by (le) "
+                   "(rate(modelrail_request_duration_seconds_bucket{{{sel}}}[{window}s])))",
+}
+
+
+@dataclass(frozen=True)
+class PromTrack:
+    namespace: str
+    model: str
+    version: str
+
+
+def queries(track: PromTrack, window_seconds: int) -> dict[str, str]:
+    sel = SELECTOR.format(namespace=track.namespace, model=track.model, version=track.version)
+    errors = "|".join(sorted({"5xx", *SERVER_ERRORS}))
+    return {k: q.format(sel=sel, window=window_seconds, errors=errors)
+            for k, q in QUERIES.items()}
+
+
+class PrometheusProvider:
+    def __init__(self, url: str, *, timeout: float = 5.0) -> None:
+        self.url = url.rstrip("/")
+        self.timeout = timeout
+
+    def sample(self, track: PromTrack, *, window_seconds: int) -> TrafficSample | None:
+        values = {k: self._scalar(q) for k, q in queries(track, window_seconds).items()}
+        requests, errors = values["requests"], values["errors"]
+        if requests is None:
+            return None
+        p99 = values["p99_seconds"]
+        return TrafficSample(requests=round(requests), errors=round(errors or 0.0),
+                             p99_ms=None if p99 is None else p99 * 1000)
+
+    def _scalar(self, query: str) -> float | None:
+        try:
+            r = httpx.get(f"{self.url}/api/v1/query", params={"query": query},
+                          timeout=self.timeout)
+            body = r.json()
+        except (httpx.HTTPError, ValueError):
+            return None
+        if r.status_code != 200 or body.get("status") != "success":
+            return None
+        result = body.get("data", {}).get("result", [])
+        if not result:
+            return None
+        value = float(result[0]["value"][1])
+        return None if math.isnan(value) else value  # NaN: no samples in the window

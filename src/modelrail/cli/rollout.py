@@ -9,6 +9,8 @@ promote  pass a manual gate; abort: traffic back to stable now
 history  the audit trail: every decision with its evidence
 report   a self-contained HTML page with charts (viewable offline)
 
+With --kube the same commands act on the ModelRollout in a cluster (cli/kube.py).
+
 Exit codes: 0 promoted · 9 rolled back · 10 timed out (progress deadline, or --timeout while
 waiting) · 11 aborted · 2 invalid input · 12 environment not up.
 """
@@ -23,6 +25,7 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
+from modelrail.cli import kube as kube_cli
 from modelrail.cli.localenv import add_common
 from modelrail.cli.output import add_output_flag, print_json, table
 from modelrail.errors import InvalidInputError
@@ -79,13 +82,13 @@ def add_parser(sub: Any) -> None:
         c.set_defaults(handler=_command, command=name)
 
     h = rsub.add_parser("history", help="the audit trail of a rollout (or all, with --all)")
-    _env(h)
+    _env(h, kube=False)
     _which(h)
     h.add_argument("--all", action="store_true", help="every rollout of the environment")
     h.set_defaults(handler=_history)
 
     rp = rsub.add_parser("report", help="write a self-contained HTML report")
-    _env(rp)
+    _env(rp, kube=False)
     _which(rp)
     rp.add_argument("--all", action="store_true", help="every rollout of the environment")
     rp.add_argument("--out", type=Path, default=None,
@@ -93,10 +96,19 @@ def add_parser(sub: Any) -> None:
     rp.set_defaults(handler=_report)
 
 
-def _env(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--env", required=True, metavar="ENV")
+def _env(p: argparse.ArgumentParser, kube: bool = True) -> None:
+    p.add_argument("--env", metavar="ENV", help="the local environment (not with --kube)")
     add_common(p)
     add_output_flag(p)
+    if kube:
+        kube_cli.add_flags(p)
+
+
+def _need_env(args: argparse.Namespace) -> None:
+    if not args.env:
+        raise InvalidInputError("--env is required", where="arguments",
+                                accepted="--env ENV for a local environment, or --kube "
+                                         "[--namespace NS] for a cluster")
 
 
 def _which(p: argparse.ArgumentParser) -> None:
@@ -114,6 +126,9 @@ def _start(args: argparse.Namespace) -> int:
     from modelrail.rollout.store import EnvStore, write_json
 
     name, version = parse_ref(args.model)
+    if getattr(args, "kube", False):
+        return kube_cli.start(args, name, version)
+    _need_env(args)
     store = EnvStore(args.env, args.state_dir)
     info = store.require_up()
     served = info.get("models", {})
@@ -269,6 +284,9 @@ def _follow(files: Any, output: str, timeout: float) -> int:
 def _status(args: argparse.Namespace) -> int:
     from modelrail.rollout.store import EnvStore
 
+    if args.kube:
+        return kube_cli.status(args)
+    _need_env(args)
     files = EnvStore(args.env, args.state_dir).find(args.id, args.model)
     if args.watch:
         return _follow(files, args.output, args.timeout)
@@ -286,6 +304,9 @@ def _command(args: argparse.Namespace) -> int:
     from modelrail.rollout.spec import Phase
     from modelrail.rollout.store import EnvStore, append_jsonl
 
+    if args.kube:
+        return kube_cli.command(args)
+    _need_env(args)
     store = EnvStore(args.env, args.state_dir)
     files = store.find(args.id, args.model)
     st = files.rollout_status()
@@ -313,6 +334,7 @@ def _command(args: argparse.Namespace) -> int:
 def _history(args: argparse.Namespace) -> int:
     from modelrail.rollout.store import EnvStore, read_jsonl
 
+    _need_env(args)
     store = EnvStore(args.env, args.state_dir)
     ids = None if args.all else {store.find(args.id, args.model).id}
     entries = [e for e in read_jsonl(store.audit_file) if ids is None or e["rollout"] in ids]
@@ -350,6 +372,7 @@ def _report(args: argparse.Namespace) -> int:
     from modelrail.rollout.report import write_report
     from modelrail.rollout.store import EnvStore
 
+    _need_env(args)
     store = EnvStore(args.env, args.state_dir)
     rollouts = store.rollouts() if args.all else [store.find(args.id, args.model)]
     out = args.out or store.root / "report.html"

@@ -142,17 +142,18 @@ CI_RULES = [
     _rule(["apps"], ["deployments"], READ),
     _rule([""], ["events"], READ),
 ]
+# exactly what the operator uses: tests/rollout/kube/test_operator.py records every call it
+# makes on KMock and compares the set with these rules, both ways
 CONTROLLER_RULES = [
-    _rule([GROUP], ["modelrollouts"], [*READ, "patch"]),
-    _rule([GROUP], ["modelrollouts/status"], ["get", "patch", "update"]),
-    _rule(["apps"], ["deployments"], [*READ, "create", "patch", "delete"]),
-    _rule([""], ["services"], READ),
-    _rule(["gateway.networking.k8s.io"], ["httproutes", "grpcroutes"], [*READ, "patch"]),
-    _rule(["autoscaling"], ["horizontalpodautoscalers"], [*READ, "create", "patch", "delete"]),
-    _rule(["batch"], ["jobs"], [*READ, "create", "delete"]),
-    _rule([""], ["pods"], READ),
-    _rule([""], ["pods/log"], ["get"]),
-    _rule([""], ["events"], ["create", "patch"]),
+    _rule([GROUP], ["modelrollouts"], ["get", "list", "watch", "patch"]),
+    _rule([GROUP], ["modelrollouts/status"], ["patch"]),
+    _rule(["apps"], ["deployments"], ["get", "create", "patch", "delete"]),
+    _rule(["gateway.networking.k8s.io"], ["httproutes", "grpcroutes"], ["get", "patch"]),
+    _rule(["autoscaling"], ["horizontalpodautoscalers"], ["get", "create", "patch", "delete"]),
+    _rule(["batch"], ["jobs"], ["get", "create", "delete"]),  # the Locust Jobs
+    _rule([""], ["pods"], ["list"]),  # a finished Job's pod: its termination message
+    _rule([""], ["configmaps"], ["get"]),  # <model>-validation: the model gate's sample
+    _rule([""], ["events"], ["create"]),
 ]
 
 
@@ -430,7 +431,14 @@ def controller_deployment(cfg: StackConfig) -> Obj:
                                  f"http://0.0.0.0:{CONTROLLER_HEALTH_PORT}/healthz",
                                  "-m", "modelrail.rollout.operator"],
                         "ports": [{"name": "health", "containerPort": CONTROLLER_HEALTH_PORT}],
-                        "env": [{"name": "MODELRAIL_NAMESPACE", "value": cfg.namespace}],
+                        # the operator reads Pulumi.<stack>.yaml baked into its image
+                        # (services/controller/) and builds canaries with these builders
+                        "env": [{"name": "MODELRAIL_NAMESPACE", "value": cfg.namespace},
+                                {"name": "MODELRAIL_STACK", "value": cfg.environment},
+                                {"name": "MODELRAIL_PROJECT", "value": "/app"},
+                                {"name": "MODELRAIL_PROMETHEUS_URL",
+                                 "value": f"http://prometheus.{cfg.monitoring_namespace}"
+                                          ".svc:9090"}],
                         "resources": {"requests": {"cpu": "100m", "memory": "128Mi"},
                                       "limits": {"cpu": "500m", "memory": "256Mi"}},
                         "livenessProbe": {"httpGet": {"path": "/healthz", "port": "health"},

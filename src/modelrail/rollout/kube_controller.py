@@ -78,7 +78,12 @@ class KubeRollout:
     clock: Callable[[], float] = time.time
 
     # --- one reconciliation ---------------------------------------------------------------
-    def reconcile(self, obj: dict[str, Any]) -> list[Event]:
+    def reconcile(self, seen: dict[str, Any]) -> list[Event]:
+        # read it fresh: the watch stream that delivered `seen` may not carry this
+        # controller's own last status writes yet, and a stale executedSeq would replay
+        obj = self.platform.rollout(seen["metadata"]["name"])
+        if obj is None:
+            return []
         meta, cr, st = obj["metadata"], obj["spec"], dict(obj.get("status") or {})
         name, model, desired = meta["name"], str(cr["model"]), str(cr["version"])
         now = self.clock()
@@ -93,6 +98,7 @@ class KubeRollout:
         canary = st.get("canaryVersion")
         executed = int(st.get("executedSeq") or 0)
         job = st.get("analysisJob") or None
+        fresh = False
         if rs is None or rs.phase.terminal:
             if desired == stable or (rs is not None and canary == desired):
                 if st.get("stableVersion") != stable or rs is None:
@@ -101,21 +107,22 @@ class KubeRollout:
                                        "observedGeneration": meta.get("generation", 1),
                                        "message": f"{model}:{stable} is stable"})
                 return events
-            rs, canary, executed, job = engine.start(now), desired, 0, None
+            rs, canary, executed, job, fresh = engine.start(now), desired, 0, None, True
             events.append(("Normal", "Started", f"canary {model}:{desired} against stable "
                                                 f"{model}:{stable}"))
         elif desired != canary:
             events.append(("Normal", "Restarted", f"version changed to {desired} during the "
                                                   f"rollout of {canary}: analysis restarts"))
             self._clear_canary(model, job)
-            rs, canary, executed, job = engine.start(now), desired, 0, None
+            rs, canary, executed, job, fresh = engine.start(now), desired, 0, None, True
         assert canary is not None
         try:
             rspec = spec_of(cr, stable=stable, canary=canary)
         except InvalidRolloutError as exc:
             self._write(name, {"message": f"invalid spec: {exc}"})
             return [*events, ("Warning", "InvalidSpec", str(exc)[:500])]
-        self._write(name, self._status(obj, rs, stable, canary, executed, job))
+        if fresh:
+            self._write(name, self._status(obj, rs, stable, canary, executed, job))
         if rs.seq > executed:  # decided before a restart, maybe not carried out: again
             last = engine.last_action(rs)
             if last is not None:

@@ -67,6 +67,8 @@ def login(**kwargs: Any) -> kopf.ConnectionInfo | None:
 def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) -> None:
     settings.posting.level = logging.INFO  # decisions become Events
     settings.watching.server_timeout = 120
+    # a namespaced Role cannot list namespaces: watch only the one given by --namespace
+    settings.scanning.disabled = True
     memo["controller"] = controller_from_env()
 
 

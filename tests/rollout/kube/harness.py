@@ -111,7 +111,7 @@ class Stamped(kmock.KubernetesEmulator):  # type: ignore[misc]
                 meta.setdefault("namespace", request.namespace)
         elif request.action == kmock.action.UPDATE and "spec" in request.data:
             key = (request.resource, request.namespace, request.name)
-            current = self.objects.get(key, None)
+            current = self.objects[key] if key in self.objects else None  # noqa: SIM401 (no .get)
             if current is not None and getattr(request, "subresource", None) is None:
                 meta["generation"] = int(current.get("metadata", {}).get("generation", 1)) + 1
         meta["resourceVersion"] = str(self._rv)

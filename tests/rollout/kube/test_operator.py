@@ -46,7 +46,9 @@ def wait_phase(cluster: Cluster, phases: set[str], timeout: float = 120,
                 and (canary is None or st.get("canaryVersion") == canary)):
             return st
         time.sleep(0.3)
-    raise AssertionError(f"phase never reached {phases}: {rollout(cluster).get('status')}")
+    st = rollout(cluster).get("status") or {}
+    raise AssertionError(f"phase never reached {phases} "
+                         f"(executedSeq {st.get('executedSeq')}): {st}")
 
 
 def weights(cluster: Cluster) -> set[tuple[int, int]]:
@@ -117,3 +119,150 @@ def test_good_version_is_promoted(kube: Callable[..., Any], prometheus: FakeProm
                     and isinstance(c.body, dict)
                     and c.body.get("metadata", {}).get("name") == "iris-stable"]
         check_written_objects(cluster)
+
+
+def kube_cli(cluster: Cluster, *args: str) -> Any:
+    """The `modelrail` CLI in a subprocess, pointed at KMock as CI would be at a cluster."""
+    import os
+    import subprocess
+    import sys
+
+    from tests.rollout.envs import ROOT
+
+    env = {**os.environ, "KUBECONFIG": str(cluster.kubeconfig)}
+    return subprocess.run([sys.executable, "-m", "modelrail", "rollout", *args, "--kube"],
+                          cwd=ROOT, env=env, capture_output=True, text=True, timeout=240,
+                          check=False)
+
+
+@pytest.mark.parametrize("kind", ["errors", "latency", "wrong"])
+def test_bad_versions_are_rolled_back(kind: str, kube: Callable[..., Any],
+                                      prometheus: FakePrometheus, server: Any) -> None:
+    version = "3" if kind == "wrong" else "2"  # iris:3 answers wrongly (shuffled labels)
+    if kind == "errors":
+        prometheus.figures["2"] = {"requests": 400, "errors": 120, "p99_seconds": 0.004}
+    elif kind == "latency":
+        prometheus.figures["2"] = {"requests": 400, "errors": 0, "p99_seconds": 0.9}
+    with kube() as (cluster, _), operator(cluster, prometheus, server, stack()):
+        wait_phase(cluster, {"Succeeded"}, 30)
+        start(cluster, version)
+        st = wait_phase(cluster, TERMINAL, canary=version)
+        assert st["phase"] == "RolledBack", st
+        reason = {"errors": "errors: FAIL", "latency": "latency: FAIL",
+                  "wrong": "model gate: FAIL"}[kind]
+        assert reason in st["message"] and "pre-traffic" in st["message"], st["message"]
+        assert st["lastAnalysis"]["status"] == "FAIL"
+        assert st["stableVersion"] == "1" and weights(cluster) == {(100, 0)}
+        assert cluster.get("apps", "v1", "deployments", "iris-canary") is None
+        # caught before any user traffic: the routes never gave the canary a share
+        assert not [c for c in cluster.operator_calls()
+                    if c.resource in ("httproutes", "grpcroutes") and c.action == "UPDATE"]
+        time.sleep(1)
+        assert "RollingBack" in [e["reason"] for e in events(cluster)]
+        check_written_objects(cluster)
+
+
+def test_no_data_holds_then_fails_at_the_deadline(kube: Callable[..., Any],
+                                                  prometheus: FakePrometheus,
+                                                  server: Any) -> None:
+    prometheus.figures["2"] = {}  # Prometheus has nothing for the canary
+    with kube() as (cluster, _), operator(cluster, prometheus, server, stack()):
+        wait_phase(cluster, {"Succeeded"}, 30)
+        start(cluster, "2")
+        held = wait_phase(cluster, {"Initializing"}, 30, canary="2")
+        assert held["canaryWeight"] == 0
+        st = wait_phase(cluster, TERMINAL, 90, canary="2")
+        assert st["phase"] == "Failed" and "deadline" in st["message"], st
+        assert "INCONCLUSIVE" in str(st.get("lastAnalysis")) or "no conclusive" in st["message"]
+        assert weights(cluster) == {(100, 0)}
+        assert cluster.get("apps", "v1", "deployments", "iris-canary") is None
+        check_written_objects(cluster)
+
+
+def test_restarted_operator_resumes_and_the_cli_gets_the_verdict(
+        kube: Callable[..., Any], prometheus: FakePrometheus, server: Any) -> None:
+    cfg = stack()
+    with kube() as (cluster, _):
+        with operator(cluster, prometheus, server, cfg):
+            wait_phase(cluster, {"Succeeded"}, 30)
+            started = kube_cli(cluster, "start", "--model", "iris:2")
+            assert started.returncode == 0, started.stderr
+            wait_phase(cluster, {"Progressing"}, 60, canary="2")
+            deadline = time.monotonic() + 60
+            while (rollout(cluster)["status"].get("canaryWeight") != 50
+                   and time.monotonic() < deadline):
+                time.sleep(0.2)
+        # the operator is gone mid-rollout; a new one takes over from the status alone
+        assert rollout(cluster)["status"]["phase"] == "Progressing"
+        with operator(cluster, prometheus, server, cfg):
+            watch = kube_cli(cluster, "status", "--model", "iris", "--watch")
+            assert watch.returncode == 0, watch.stdout + watch.stderr
+        st = rollout(cluster)["status"]
+        acts = [(h["action"], h["weight"]) for h in st["rollout"]["history"]
+                if h["action"] not in ("hold", "complete")]
+        assert acts == [("set_weight", 50), ("set_weight", 100), ("promote", 100)], acts
+        patches = [c for c in cluster.operator_calls()
+                   if c.resource == "httproutes" and c.action == "UPDATE"]
+        # weight writes: 50, 100, back to 0 — once each, though two operators ran
+        assert len(patches) == 3, [c.body for c in patches]
+        check_written_objects(cluster)
+
+
+def test_a_new_version_mid_rollout_restarts_the_analysis(kube: Callable[..., Any],
+                                                         prometheus: FakePrometheus,
+                                                         server: Any) -> None:
+    with kube() as (cluster, _), operator(cluster, prometheus, server, stack()):
+        wait_phase(cluster, {"Succeeded"}, 30)
+        start(cluster, "2")
+        wait_phase(cluster, {"Progressing"}, 60, canary="2")
+        start(cluster, "3")  # changed mind mid-rollout
+        st = wait_phase(cluster, TERMINAL, canary="3")
+        assert st["phase"] == "RolledBack" and "model gate: FAIL" in st["message"]
+        time.sleep(1)
+        restarted = [e for e in events(cluster) if e["reason"] == "Restarted"]
+        assert restarted and "version changed to 3" in restarted[0]["message"]
+        # the analysis of 3 started from scratch: its history has no step of version 2
+        assert [h["weight"] for h in st["rollout"]["history"]
+                if h["action"] == "set_weight"] == []
+        check_written_objects(cluster)
+
+
+def test_abort_leaves_traffic_on_stable(kube: Callable[..., Any],
+                                        prometheus: FakePrometheus, server: Any) -> None:
+    with kube() as (cluster, _), operator(cluster, prometheus, server, stack()):
+        wait_phase(cluster, {"Succeeded"}, 30)
+        start(cluster, "2")
+        wait_phase(cluster, {"Progressing"}, 60, canary="2")
+        deadline = time.monotonic() + 60
+        while rollout(cluster)["status"].get("canaryWeight") != 50:
+            assert time.monotonic() < deadline
+            time.sleep(0.2)
+        promote = kube_cli(cluster, "promote", "--model", "iris")
+        assert promote.returncode == 2 and "not paused" in promote.stderr
+        assert kube_cli(cluster, "abort", "--model", "iris").returncode == 0
+        watch = kube_cli(cluster, "status", "--model", "iris", "--watch")
+        assert watch.returncode == 11, watch.stdout
+        assert weights(cluster) == {(100, 0)}
+        assert cluster.get("apps", "v1", "deployments", "iris-canary") is None
+        assert rollout(cluster)["status"]["stableVersion"] == "1"
+        check_written_objects(cluster)
+
+
+def test_rbac_covers_exactly_what_the_operator_uses() -> None:
+    """The Role of the Pulumi program (CONTROLLER_RULES) against every call the operator
+    made in this module's rollouts: nothing missing, nothing granted that is never used."""
+    if not OBSERVED:
+        pytest.skip("run with the rollout tests above: they record the operator's calls")
+    verbs = {"LIST": {"list"}, "WATCH": {"watch"}, "FETCH": {"get"}, "CREATE": {"create"},
+             "UPDATE": {"patch"}, "DELETE": {"delete"}}
+    used: set[tuple[str, str, str]] = set()
+    for c in OBSERVED:
+        if not c.resource:
+            continue  # API discovery (/api/v1, /apis/…): open to every authenticated user
+        resource = c.resource + (f"/{c.subresource}" if c.subresource else "")
+        for verb in verbs.get(c.action, set()):
+            used.add((c.group, resource, verb))
+    granted = {(g, r, v) for rule in manifests.CONTROLLER_RULES
+               for g in rule["apiGroups"] for r in rule["resources"] for v in rule["verbs"]}
+    assert used - granted == set(), f"used but not granted: {sorted(used - granted)}"
+    assert granted - used == set(), f"granted but never used: {sorted(granted - used)}"

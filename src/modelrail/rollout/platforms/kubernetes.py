@@ -178,6 +178,17 @@ class KubePlatform:
         return None if raw is None else [[float(v) for v in r] for r in json.loads(raw)]
 
     # --- the rollout resource ----------------------------------------------------------------
+    def rollout(self, name: str) -> dict[str, Any] | None:
+        try:
+            obj = self.custom.get_namespaced_custom_object(
+                manifests.GROUP, manifests.CRD_VERSION, self.ns, "modelrollouts", name)
+        except ApiException as exc:
+            if _missing(exc):
+                return None
+            raise
+        data: dict[str, Any] = obj  # type: ignore[assignment]
+        return data
+
     def patch_status(self, name: str, status: dict[str, Any]) -> None:
         self.custom.patch_namespaced_custom_object_status(
             manifests.GROUP, manifests.CRD_VERSION, self.ns, "modelrollouts", name,

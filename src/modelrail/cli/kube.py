@@ -1,0 +1,164 @@
+"""`modelrail rollout … --kube`: the same commands and exit codes against a cluster.
+
+The ModelRollout resource is the interface, as `kubectl` would use it: `start` sets
+`spec.version` (and clears `spec.abort`), `promote` sets the annotation
+`modelrail.dev/promote` to the paused rollout's seq, `abort` sets `spec.abort`; `status`
+and `--wait` read `.status` written by the operator. Kubeconfig ($KUBECONFIG, --kubeconfig)
+or the in-cluster service account; the namespace from --namespace, else
+$MODELRAIL_NAMESPACE, else the kubeconfig context's.
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+from typing import Any
+
+from modelrail.cli.output import print_json
+from modelrail.errors import InvalidInputError, NotFoundError
+
+EXIT_CODES = {"Succeeded": 0, "RolledBack": 9, "Failed": 10, "Aborted": 11}
+GROUP, VERSION, PLURAL = "modelrail.dev", "v1alpha1", "modelrollouts"
+
+
+def add_flags(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--kube", action="store_true",
+                   help="act on the ModelRollout in a cluster instead of a local environment")
+    p.add_argument("--namespace", default=None, help="with --kube: the environment's "
+                                                     "namespace")
+    p.add_argument("--kubeconfig", default=None, help="with --kube: kubeconfig file")
+
+
+class Kube:
+    def __init__(self, args: argparse.Namespace) -> None:
+        import os
+
+        from kubernetes import client, config
+
+        from modelrail.rollout.platforms.kubernetes import api_client
+
+        self.api = client.CustomObjectsApi(api_client(kubeconfig=args.kubeconfig,
+                                                      user_agent="modelrail-cli"))
+        ns = args.namespace or os.environ.get("MODELRAIL_NAMESPACE")
+        if not ns:
+            try:
+                _, active = config.list_kube_config_contexts(  # type: ignore[no-untyped-call]
+                    config_file=args.kubeconfig or os.environ.get("KUBECONFIG"))
+                ns = active.get("context", {}).get("namespace")
+            except config.ConfigException:
+                ns = None
+        if not ns:
+            raise InvalidInputError("no namespace for --kube", where="--namespace",
+                                    accepted="--namespace, $MODELRAIL_NAMESPACE, or a "
+                                             "kubeconfig context with a namespace")
+        self.ns = ns
+
+    def get(self, model: str) -> dict[str, Any]:
+        from kubernetes.client.exceptions import ApiException
+
+        try:
+            obj: dict[str, Any] = self.api.get_namespaced_custom_object(  # type: ignore[assignment]
+                GROUP, VERSION, self.ns, PLURAL, model)
+        except ApiException as exc:
+            if exc.status == 404:
+                raise NotFoundError(f"no ModelRollout {model!r} in namespace {self.ns}",
+                                    where="--model", accepted="a model of the environment "
+                                    "(created by `pulumi up`)") from None
+            raise
+        return obj
+
+    def patch(self, model: str, body: dict[str, Any]) -> None:
+        self.api.patch_namespaced_custom_object(GROUP, VERSION, self.ns, PLURAL, model, body)
+
+
+def summary(obj: dict[str, Any]) -> dict[str, Any]:
+    st = obj.get("status") or {}
+    phase = st.get("phase", "Pending")
+    done = "rollout" not in st or st.get("executedSeq") == st["rollout"].get("seq")
+    return {"model": obj["spec"]["model"], "desired": obj["spec"]["version"],
+            "stable": st.get("stableVersion"), "canary": st.get("canaryVersion"),
+            "phase": phase, "weight": st.get("canaryWeight", 0),
+            "message": st.get("message", ""),
+            "exit_code": EXIT_CODES.get(phase) if done else None,
+            "last_analysis": st.get("lastAnalysis")}
+
+
+def start(args: argparse.Namespace, model: str, version: str) -> int:
+    kube = Kube(args)
+    obj = kube.get(model)
+    s = summary(obj)
+    if s["stable"] == version:
+        raise InvalidInputError(f"{model}:{version} is already stable in {kube.ns}",
+                                where="--model", accepted="a different version")
+    kube.patch(model, {"spec": {"version": version, "abort": False}})
+    if args.output == "text":
+        print(f"rollout of {model}:{version} requested in namespace {kube.ns}")
+    if not args.wait:
+        if args.output == "json":
+            print_json(summary(kube.get(model)))
+        return 0
+    return follow(kube, model, version, args.output, args.timeout)
+
+
+def follow(kube: Kube, model: str, version: str | None, output: str, timeout: float) -> int:
+    started = time.monotonic()
+    last = None
+    while True:
+        s = summary(kube.get(model))
+        mine = version is None or s["canary"] == version
+        line = (s["phase"], s["weight"], s["message"])
+        if output == "text" and mine and line != last:
+            print(f"[{time.monotonic() - started:6.1f}s] {s['phase']:<12} canary "
+                  f"{s['weight']:>3}%  {s['message']}", flush=True)
+            last = line
+        if mine and s["exit_code"] is not None and s["canary"] is not None:
+            code = int(s["exit_code"])
+            break
+        if time.monotonic() - started > timeout:
+            code = s["exit_code"] = 10
+            break
+        time.sleep(0.5)
+    if output == "json":
+        print_json(s)
+    else:
+        print(f"{s['phase'].upper()}: {model} {s['canary']} ({s['message']}) exit {code}")
+    return code
+
+
+def status(args: argparse.Namespace) -> int:
+    kube = Kube(args)
+    model = _model(args)
+    if args.watch:
+        return follow(kube, model, None, args.output, args.timeout)
+    s = summary(kube.get(model))
+    if args.output == "json":
+        print_json(s)
+    else:
+        print(f"{model}: stable {s['stable']} canary {s['canary']}: {s['phase']} at "
+              f"{s['weight']}% — {s['message']}")
+    return int(s["exit_code"] or 0)
+
+
+def command(args: argparse.Namespace) -> int:
+    kube = Kube(args)
+    model = _model(args)
+    obj = kube.get(model)
+    st = obj.get("status") or {}
+    if args.command == "promote":
+        if st.get("phase") != "Paused":
+            raise InvalidInputError(f"the rollout of {model} is {st.get('phase')}, not paused "
+                                    "at a manual gate", where="promote",
+                                    accepted="promote passes a manual gate")
+        seq = (st.get("rollout") or {}).get("seq", 0)
+        kube.patch(model, {"metadata": {"annotations": {"modelrail.dev/promote": str(seq)}}})
+    else:
+        kube.patch(model, {"spec": {"abort": True}})
+    print(f"{args.command} requested for {model} in {kube.ns}")
+    return 0
+
+
+def _model(args: argparse.Namespace) -> str:
+    if not args.model:
+        raise InvalidInputError("--model is required with --kube", where="--model",
+                                accepted="the model's name, e.g. iris")
+    return str(args.model).split(":", 1)[0]

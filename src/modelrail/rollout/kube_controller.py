@@ -147,14 +147,17 @@ class KubeRollout:
         ready = self.platform.ready(dep)
         observed = self.router.observed_weight(route=model)
         measurements = None
+        pending = (rs.phase in (Phase.PROGRESSING, Phase.PAUSED) and not abort
+                   and self.platform.scale_up_pending(dep)
+                   and now - rs.last_progress_at <= rspec.progress_deadline_seconds)
+        if pending:  # judge and advance only at full strength (the deadline still applies)
+            self._write(name, {"message": f"canary weight {rs.weight}%: waiting for the "
+                                          "canary's scale-up before judging or advancing"})
+            return []
         analysing = ready and not abort and (
             (rs.phase in (Phase.PROGRESSING, Phase.PAUSED) and observed == rs.weight)
             or (rs.phase is Phase.INITIALIZING and rspec.pre_traffic_analysis))
         if analysing:
-            if self.platform.scale_up_pending(dep):
-                self._write(name, {"message": f"{rs.message} (waiting for the canary's "
-                                              "scale-up before judging or advancing)"})
-                return []
             if job is None:
                 job = self._start_load(rspec, rs, cr)
                 self._write(name, {"analysisJob": job, "message": f"{rs.message} "

@@ -230,6 +230,7 @@ class FakeKubelet:
     cluster: Cluster
     server_url: str  # where every in-cluster model Service is really served
     never_ready: set[str] = field(default_factory=set)  # model versions that never get ready
+    ready_cap: dict[str, int] = field(default_factory=dict)  # Deployment → most ready pods
     jobs_run: list[str] = field(default_factory=list)
 
     def __post_init__(self) -> None:
@@ -264,7 +265,7 @@ class FakeKubelet:
             replicas = d.spec.replicas or 1
             gen = d.metadata.generation or 1
             ready = 0 if version in self.never_ready and d.metadata.name.endswith(
-                "-canary") else replicas
+                "-canary") else min(replicas, self.ready_cap.get(d.metadata.name, replicas))
             st = d.status
             if st is None or (st.observed_generation, st.ready_replicas,
                               st.updated_replicas) != (gen, ready, replicas):

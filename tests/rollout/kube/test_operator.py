@@ -227,6 +227,29 @@ def test_a_new_version_mid_rollout_restarts_the_analysis(kube: Callable[..., Any
         check_written_objects(cluster)
 
 
+def test_weights_wait_for_a_pending_canary_scale_up(kube: Callable[..., Any],
+                                                     prometheus: FakePrometheus,
+                                                     server: Any) -> None:
+    with kube() as (cluster, kubelet), operator(cluster, prometheus, server, stack()):
+        wait_phase(cluster, {"Succeeded"}, 30)
+        start(cluster, "2")
+        deadline = time.monotonic() + 60
+        while rollout(cluster)["status"].get("canaryWeight") != 50:
+            assert time.monotonic() < deadline
+            time.sleep(0.2)
+        # the canary's HPA asks for 3 pods; only 1 becomes ready for now
+        kubelet.ready_cap["iris-canary"] = 1
+        cluster.apps.patch_namespaced_deployment("iris-canary", NS, {"spec": {"replicas": 3}})
+        time.sleep(8)  # longer than a step (5 s): it would have advanced by now
+        st = rollout(cluster)["status"]
+        assert st["canaryWeight"] == 50 and "scale-up" in st["message"], st["message"]
+        assert weights(cluster) == {(50, 50)}
+        kubelet.ready_cap.clear()  # the pods come up
+        st = wait_phase(cluster, TERMINAL, canary="2")
+        assert st["phase"] == "Succeeded", st
+        check_written_objects(cluster)
+
+
 def test_abort_leaves_traffic_on_stable(kube: Callable[..., Any],
                                         prometheus: FakePrometheus, server: Any) -> None:
     with kube() as (cluster, _), operator(cluster, prometheus, server, stack()):

@@ -12,7 +12,7 @@ import jsonschema
 import kubernetes_validate
 import yaml
 
-from modelrail.infra.manifests import rollout_crd
+from modelrail.infra.manifests import peering_crd, rollout_crd
 
 DATA = Path(__file__).resolve().parents[1] / "data" / "gateway-api-v1.6.1"
 K8S_VERSIONS = ("1.33.0", "1.37.0")
@@ -37,6 +37,8 @@ def validate(obj: dict[str, Any], k8s_version: str = K8S_VERSIONS[-1]) -> None:
     kind = obj["kind"]
     if kind in ("HTTPRoute", "GRPCRoute"):
         jsonschema.validate(obj, gateway_schema(kind))
+    elif kind == "KopfPeering":
+        jsonschema.validate(obj, _crd_schema(peering_crd(), "v1"))
     elif kind == "ModelRollout":
         schema = _crd_schema(rollout_crd(), "v1alpha1")
         # structural schemas prune unknown fields; be strict instead and refuse them

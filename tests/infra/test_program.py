@@ -28,7 +28,8 @@ def expected_types(n_models: int) -> Counter[str]:
         "kubernetes:core/v1:ServiceAccount": 3,
         "kubernetes:rbac.authorization.k8s.io/v1:Role": 2,
         "kubernetes:rbac.authorization.k8s.io/v1:RoleBinding": 2,
-        "kubernetes:apiextensions.k8s.io/v1:CustomResourceDefinition": 1,
+        "kubernetes:apiextensions.k8s.io/v1:CustomResourceDefinition": 2,
+        "kubernetes:kopf.dev/v1:KopfPeering": 1,
         "kubernetes:apps/v1:Deployment": 1 + n_models,
         "kubernetes:core/v1:Service": 2 * n_models,
         "kubernetes:autoscaling/v2:HorizontalPodAutoscaler": n_models,
@@ -126,6 +127,8 @@ def test_controller_install_owns_its_account_and_rbac() -> None:
     cfg = load_stack("dev", ROOT)
     kinds = [(o["kind"], o["metadata"]["name"]) for o in manifests.controller(cfg)]
     assert kinds == [("CustomResourceDefinition", "modelrollouts.modelrail.dev"),
+                     ("CustomResourceDefinition", "kopfpeerings.kopf.dev"),
+                     ("KopfPeering", "modelrail-controller"),
                      ("ServiceAccount", "modelrail-controller"),
                      ("Role", "modelrail-controller"), ("RoleBinding", "modelrail-controller"),
                      ("Deployment", "modelrail-controller")]

@@ -50,7 +50,7 @@ KINDS: dict[tuple[str, str], Any] = {
         k8s.apiextensions.v1.CustomResourceDefinition,
 }
 CUSTOM_KINDS = {(manifests.GATEWAY_API, "HTTPRoute"), (manifests.GATEWAY_API, "GRPCRoute"),
-                (manifests.ROLLOUT_API, "ModelRollout")}
+                (manifests.ROLLOUT_API, "ModelRollout"), (manifests.PEERING_API, "KopfPeering")}
 _FIELDS = {"metadata": "metadata", "spec": "spec", "rules": "rules", "roleRef": "role_ref",
            "subjects": "subjects", "automountServiceAccountToken":
                "automount_service_account_token"}

@@ -27,6 +27,8 @@ CONTROLLER_SA = "modelrail-controller"
 CI_SA = "modelrail-ci"
 PART_OF = {"app.kubernetes.io/part-of": "modelrail"}
 GATEWAY_API = "gateway.networking.k8s.io/v1"
+PEERING_API = "kopf.dev/v1"
+PEERING = "modelrail-controller"  # the KopfPeering the controller replicas coordinate on
 
 
 def _meta(name: str, cfg: StackConfig, *, namespaced: bool = True,
@@ -154,6 +156,7 @@ CONTROLLER_RULES = [
     _rule([""], ["pods"], ["list"]),  # a finished Job's pod: its termination message
     _rule([""], ["configmaps"], ["get"]),  # <model>-validation: the model gate's sample
     _rule([""], ["events"], ["create"]),
+    _rule(["kopf.dev"], ["kopfpeerings"], ["list", "watch", "patch"]),  # replicas coordinate
 ]
 
 
@@ -416,9 +419,10 @@ def controller_deployment(cfg: StackConfig) -> Obj:
         "apiVersion": "apps/v1", "kind": "Deployment",
         "metadata": _meta("modelrail-controller", cfg, labels=labels),
         "spec": {
-            "replicas": 1,
+            # two replicas for availability; kopf peering lets only the one with the
+            # highest priority act, the other takes over when it is gone
+            "replicas": 2,
             "selector": {"matchLabels": labels},
-            "strategy": {"type": "Recreate"},  # one active controller at a time
             "template": {
                 "metadata": {"labels": {**labels, **PART_OF}},
                 "spec": {
@@ -426,7 +430,8 @@ def controller_deployment(cfg: StackConfig) -> Obj:
                     "securityContext": _pod_security(),
                     "containers": [{
                         "name": "controller", "image": cfg.controller_image,
-                        "args": ["kopf", "run", "--standalone", "--namespace", cfg.namespace,
+                        "args": ["kopf", "run", "--peering", PEERING, "--namespace",
+                                 cfg.namespace,
                                  "--liveness",
                                  f"http://0.0.0.0:{CONTROLLER_HEALTH_PORT}/healthz",
                                  "-m", "modelrail.rollout.operator"],
@@ -480,9 +485,31 @@ def load_job(cfg: StackConfig, *, name: str, model: str, version: str, target: s
                                        "volumes": [{"name": "tmp", "emptyDir": {}}]}}}}
 
 
+def peering_crd() -> Obj:
+    """kopf's KopfPeering CRD (as kopf ships it): where operator replicas announce
+    themselves and their priorities."""
+    return {"apiVersion": "apiextensions.k8s.io/v1", "kind": "CustomResourceDefinition",
+            "metadata": {"name": "kopfpeerings.kopf.dev", "labels": dict(PART_OF)},
+            "spec": {"group": "kopf.dev", "scope": "Namespaced",
+                     "names": {"plural": "kopfpeerings", "singular": "kopfpeering",
+                               "kind": "KopfPeering"},
+                     "versions": [{"name": "v1", "served": True, "storage": True,
+                                   "schema": {"openAPIV3Schema": {
+                                       "type": "object",
+                                       "properties": {"status": {
+                                           "type": "object",
+                                           "x-kubernetes-preserve-unknown-fields": True}},
+                                       "x-kubernetes-preserve-unknown-fields": True}}}]}}
+
+
+def kopf_peering(cfg: StackConfig) -> Obj:
+    return {"apiVersion": PEERING_API, "kind": "KopfPeering",
+            "metadata": _meta(PEERING, cfg), "spec": {}}
+
+
 def controller(cfg: StackConfig) -> list[Obj]:
-    """The controller install: CRD first, then its account, Role and Deployment."""
-    return [rollout_crd(), service_account(cfg, CONTROLLER_SA),
+    """The controller install: CRDs first, then its peering, account, Role and Deployment."""
+    return [rollout_crd(), peering_crd(), kopf_peering(cfg), service_account(cfg, CONTROLLER_SA),
             *role(cfg, "modelrail-controller", CONTROLLER_SA, CONTROLLER_RULES),
             controller_deployment(cfg)]
 

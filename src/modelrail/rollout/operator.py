@@ -1,7 +1,8 @@
 """The kopf operator for ModelRollout (thin): every object is reconciled on a timer by
 kube_controller.KubeRollout, and each decision it reports is posted as a Kubernetes Event.
 
-    kopf run --namespace modelrail-prod -m modelrail.rollout.operator [--peering modelrail]
+    kopf run --namespace modelrail-prod --peering modelrail-controller \
+        -m modelrail.rollout.operator
 
 Configuration (environment): MODELRAIL_STACK_CONFIG (the StackConfig as JSON) or
 MODELRAIL_STACK + MODELRAIL_PROJECT (read Pulumi.<stack>.yaml from the image);
@@ -16,6 +17,7 @@ from __future__ import annotations
 
 import logging
 import os
+import random
 from pathlib import Path
 from typing import Any
 
@@ -69,6 +71,10 @@ def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) -> Non
     settings.watching.server_timeout = 120
     # a namespaced Role cannot list namespaces: watch only the one given by --namespace
     settings.scanning.disabled = True
+    # replicas peer on one KopfPeering (--peering); the highest priority acts, the others
+    # wait. Equal priorities would pause them all, so each replica draws its own.
+    settings.peering.priority = int(os.environ.get("MODELRAIL_PEERING_PRIORITY")
+                                    or random.SystemRandom().randint(1, 2**30))
     memo["controller"] = controller_from_env()
 
 

@@ -5,6 +5,7 @@ a fake Prometheus, and the operator itself (kopf, in-process, against KMock)."""
 from __future__ import annotations
 
 import json
+import logging
 import os
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -19,6 +20,7 @@ from tests.infra.harness import ROOT
 from tests.rollout.kube.harness import Cluster, FakeKubelet, FakePrometheus, kmock_cluster
 
 os.environ.setdefault("MODELRAIL_RECONCILE_SECONDS", "0.5")
+logging.getLogger("aiohttp.access").setLevel(logging.WARNING)  # KMock logs every request
 NS = "modelrail-dev"
 GOOD = {"requests": 400, "errors": 0, "p99_seconds": 0.004}
 
@@ -41,19 +43,26 @@ def prometheus() -> Iterator[FakePrometheus]:
     prom.close()
 
 
+def operator_env(cluster: Cluster, prometheus: FakePrometheus, server: Server,
+                 cfg: StackConfig) -> dict[str, str]:
+    """The operator's configuration for this cluster (see modelrail.rollout.operator)."""
+    return {"KUBECONFIG": str(cluster.kubeconfig),
+            "MODELRAIL_STACK_CONFIG": cfg.model_dump_json(by_alias=True),
+            "MODELRAIL_PROMETHEUS_URL": prometheus.url,
+            "MODELRAIL_SERVICE_URL": server.http_url, "MODELRAIL_LOAD_SECONDS": "1",
+            "MODELRAIL_LOAD_USERS": "2"}
+
+
 @contextmanager
 def operator(cluster: Cluster, prometheus: FakePrometheus, server: Server,
              cfg: StackConfig) -> Iterator[Any]:
     from kopf.testing import KopfRunner
 
-    env = {"KUBECONFIG": str(cluster.kubeconfig), "MODELRAIL_STACK_CONFIG":
-           cfg.model_dump_json(by_alias=True), "MODELRAIL_PROMETHEUS_URL": prometheus.url,
-           "MODELRAIL_SERVICE_URL": server.http_url, "MODELRAIL_LOAD_SECONDS": "1",
-           "MODELRAIL_LOAD_USERS": "2"}
+    env = operator_env(cluster, prometheus, server, cfg)
     saved = {k: os.environ.get(k) for k in env}
     os.environ.update(env)
     try:
-        with KopfRunner(["run", "--standalone", "--namespace", NS,
+        with KopfRunner(["run", "--peering", manifests.PEERING, "--namespace", NS,
                          "-m", "modelrail.rollout.operator"]) as runner:
             yield runner
     finally:
@@ -79,7 +88,7 @@ def kube(examples: dict[str, Example], server: Server, prometheus: FakePrometheu
         with kmock_cluster(NS) as cluster, FakeKubelet(
                 cluster, server.http_url, never_ready=set(never_ready or ())) as kubelet:
             model = cfg.models[0]
-            for obj in (manifests.model_deployment(cfg, model),
+            for obj in (manifests.kopf_peering(cfg), manifests.model_deployment(cfg, model),
                         manifests.http_route(cfg, model.name),
                         manifests.grpc_route(cfg, model.name),
                         manifests.model_rollout(cfg, model)):

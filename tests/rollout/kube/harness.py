@@ -52,6 +52,7 @@ RESOURCES = {  # resource: (kind, namespaced, subresources)
     "gateway.networking.k8s.io/v1/httproutes": ("HTTPRoute", True, {"status"}),
     "gateway.networking.k8s.io/v1/grpcroutes": ("GRPCRoute", True, {"status"}),
     "modelrail.dev/v1alpha1/modelrollouts": ("ModelRollout", True, {"status"}),
+    "kopf.dev/v1/kopfpeerings": ("KopfPeering", True, set()),
 }
 
 
@@ -162,7 +163,7 @@ class Cluster:
         plural = {"Deployment": "deployments", "HTTPRoute": "httproutes",
                   "GRPCRoute": "grpcroutes", "ModelRollout": "modelrollouts",
                   "ConfigMap": "configmaps", "Service": "services",
-                  "Pod": "pods"}[obj["kind"]]
+                  "Pod": "pods", "KopfPeering": "kopfpeerings"}[obj["kind"]]
         r = httpx.post(self._path(group, version, plural), json=obj, timeout=10,
                        headers={"User-Agent": "test-harness"})
         r.raise_for_status()

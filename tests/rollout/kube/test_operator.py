@@ -12,7 +12,7 @@ import pytest
 
 from modelrail.infra import manifests
 from tests.infra.schemas import validate
-from tests.rollout.kube.conftest import NS, operator, stack
+from tests.rollout.kube.conftest import NS, operator, operator_env, stack
 from tests.rollout.kube.harness import Call, Cluster, FakePrometheus
 
 pytestmark = pytest.mark.slow
@@ -197,15 +197,56 @@ def test_restarted_operator_resumes_and_the_cli_gets_the_verdict(
         with operator(cluster, prometheus, server, cfg):
             watch = kube_cli(cluster, "status", "--model", "iris", "--watch")
             assert watch.returncode == 0, watch.stdout + watch.stderr
-        st = rollout(cluster)["status"]
-        acts = [(h["action"], h["weight"]) for h in st["rollout"]["history"]
-                if h["action"] not in ("hold", "complete")]
-        assert acts == [("set_weight", 50), ("set_weight", 100), ("promote", 100)], acts
-        patches = [c for c in cluster.operator_calls()
-                   if c.resource == "httproutes" and c.action == "UPDATE"]
-        # weight writes: 50, 100, back to 0 — once each, though two operators ran
-        assert len(patches) == 3, [c.body for c in patches]
+        assert_each_action_once(cluster, rollout(cluster)["status"])
         check_written_objects(cluster)
+
+
+def assert_each_action_once(cluster: Cluster, st: dict[str, Any]) -> None:
+    """Decided once (the status history) and carried out once (the route writes: 50, 100,
+    back to 0), though two operators ran."""
+    acts = [(h["action"], h["weight"]) for h in st["rollout"]["history"]
+            if h["action"] not in ("hold", "complete")]
+    assert acts == [("set_weight", 50), ("set_weight", 100), ("promote", 100)], acts
+    patches = [c for c in cluster.operator_calls()
+               if c.resource == "httproutes" and c.action == "UPDATE"]
+    assert len(patches) == 3, [c.body for c in patches]
+
+
+def test_two_operator_replicas_act_once(kube: Callable[..., Any],
+                                        prometheus: FakePrometheus, server: Any) -> None:
+    """Two replicas on one KopfPeering (one in-process, one a `kopf run` process): the
+    higher priority acts, the other waits; no action is carried out twice."""
+    import os
+    import subprocess
+    import sys
+
+    from tests.rollout.envs import ROOT
+
+    cfg = stack()
+    with kube() as (cluster, _):
+        env = {**os.environ, **operator_env(cluster, prometheus, server, cfg),
+               "MODELRAIL_PEERING_PRIORITY": "10"}
+        replica = subprocess.Popen(
+            [sys.executable, "-m", "kopf", "run", "--peering", manifests.PEERING,
+             "--namespace", NS, "-m", "modelrail.rollout.operator"], cwd=ROOT, env=env,
+            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        try:
+            os.environ["MODELRAIL_PEERING_PRIORITY"] = "20"
+            with operator(cluster, prometheus, server, cfg):
+                wait_phase(cluster, {"Succeeded"}, 30)
+                start(cluster, "2")
+                st = wait_phase(cluster, TERMINAL, canary="2")
+        finally:
+            os.environ.pop("MODELRAIL_PEERING_PRIORITY", None)
+            replica.terminate()
+            out, _ = replica.communicate(timeout=30)
+        assert st["phase"] == "Succeeded", st
+        # the replica waited while the higher priority acted (it resumes once that is gone)
+        assert "operations after the pause" in out or "Pausing operations" in out, out[-3000:]
+        assert_each_action_once(cluster, st)
+        creates = [c for c in cluster.operator_calls()
+                   if c.resource == "deployments" and c.action == "CREATE"]
+        assert len(creates) == 1  # one canary, not one per replica
 
 
 def test_a_new_version_mid_rollout_restarts_the_analysis(kube: Callable[..., Any],

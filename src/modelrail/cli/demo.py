@@ -180,7 +180,8 @@ def _rollout(args: argparse.Namespace, env: str, version: str, reg: list[str]) -
 
 
 def _rollback_after(env: str, state_dir: Path | None) -> str:
-    """Seconds from the canary's first traffic to the rollback being done."""
+    """Seconds from the canary's first traffic to the rollback being done (or, when it
+    never took traffic, from its start)."""
     from modelrail.rollout.store import EnvStore
 
     st = EnvStore(env, state_dir).find(None, MODEL).rollout_status()
@@ -188,7 +189,9 @@ def _rollback_after(env: str, state_dir: Path | None) -> str:
         return "-"
     first = next((h["at"] for h in st.history if h["action"] == "set_weight"), None)
     done = st.history[-1]["at"]
-    return f"{done - first:.1f}s" if first is not None else "-"
+    if first is None:  # stopped by the pre-traffic analysis: nobody was routed to it
+        return f"before traffic ({done - st.started_at:.1f}s)"
+    return f"{done - first:.1f}s"
 
 
 def _write_report(args: argparse.Namespace, results: list[dict[str, Any]]) -> None:

@@ -154,11 +154,8 @@ def _status(args: argparse.Namespace) -> int:
 
 
 def _rollout_brief(files: Any) -> dict[str, Any]:
-    st = files.rollout_status()
-    spec = files.read_request()["spec"]
-    return {"id": files.id, "model": spec["model"], "stable": spec["stable_version"],
-            "canary": spec["canary_version"], "phase": st.phase.value if st else "Pending",
-            "weight": st.weight if st else 0, "message": st.message if st else ""}
+    keep = ("id", "model", "stable", "canary", "phase", "weight", "message")
+    return {k: v for k, v in files.summary().items() if k in keep}
 
 
 def _down(args: argparse.Namespace) -> int:

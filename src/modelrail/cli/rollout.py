@@ -238,18 +238,10 @@ def _sample(path: Path | None, registry: Any, name: str, version: str, stable: s
 
 # --- following ---------------------------------------------------------------------------
 def _summary(files: Any) -> dict[str, Any]:
-    st = files.rollout_status()
-    spec = files.read_request()["spec"]
-    phase = st.phase.value if st else "Pending"
-    # a verdict counts once its last action (e.g. the rollback of an abort) was carried out
-    saved = files.read_status() or {}
-    done = st is not None and st.phase.terminal and saved.get("executed_seq", 0) >= st.seq
-    return {"id": files.id, "model": spec["model"], "stable": spec["stable_version"],
-            "canary": spec["canary_version"], "phase": phase, "weight": st.weight if st else 0,
-            "message": st.message if st else "waiting for the environment's controller",
-            "exit_code": PHASE_EXIT.get(phase) if done else None,
-            "started_at": st.started_at if st else None,
-            "history": list(st.history) if st else []}
+    summary: dict[str, Any] = files.summary()
+    done = summary.pop("done")
+    summary["exit_code"] = PHASE_EXIT.get(summary["phase"]) if done else None
+    return summary
 
 
 def _follow(files: Any, output: str, timeout: float) -> int:

@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import numpy as np
@@ -61,10 +61,9 @@ def spec_of(cr: dict[str, Any], *, stable: str, canary: str) -> RolloutSpec:
         policy = RolloutPolicy.model_validate(raw)
     except ValueError as exc:
         raise InvalidRolloutError(str(exc).replace("\n", " ")) from None
-    spec = RolloutSpec.from_policy(policy, model=str(cr["model"]), stable_version=stable,
-                                   canary_version=canary)
-    return RolloutSpec(**{**asdict(spec), "thresholds": spec.thresholds,
-                          "pre_traffic_analysis": True})
+    return replace(RolloutSpec.from_policy(policy, model=str(cr["model"]),
+                                           stable_version=stable, canary_version=canary),
+                   pre_traffic_analysis=True)
 
 
 @dataclass
@@ -76,6 +75,7 @@ class KubeRollout:
     load_seconds: int = 10
     load_users: int = 4
     clock: Callable[[], float] = time.time
+    _tasks: dict[str, str] = field(default_factory=dict)  # model → its task, asked once
 
     # --- one reconciliation ---------------------------------------------------------------
     def reconcile(self, seen: dict[str, Any]) -> list[Event]:
@@ -216,16 +216,21 @@ class KubeRollout:
         return Measurements(canary=canary, stable=stable, gate=gate, load=load)
 
     def _task(self, rspec: RolloutSpec) -> str:
-        """Classification or regression, from the stable version's OIP metadata."""
+        """Classification or regression, from the stable version's OIP metadata (asked once
+        per model: a model's task does not change between versions)."""
         import httpx
 
+        if rspec.model in self._tasks:
+            return self._tasks[rspec.model]
         try:
             meta = httpx.get(f"{self._url(rspec.model + '-stable')}/v2/models/{rspec.model}",
                              timeout=5).json()
         except (httpx.HTTPError, ValueError):
             return "classification"
         outputs = {o.get("name") for o in meta.get("outputs", [])}
-        return "regression" if "predictions" in outputs else "classification"
+        task = "regression" if "predictions" in outputs else "classification"
+        self._tasks[rspec.model] = task
+        return task
 
     def _url(self, service: str) -> str:
         return self.service_url.format(service=service, namespace=self.platform.ns)

@@ -23,6 +23,7 @@ import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -54,7 +55,7 @@ class LocalRollout:
     load_users: int = 2
     grpc_load: bool = True  # also drive gRPC straight at the canary
     canary_replicas: int = 1
-    audit_path: Any = None  # Path of the environment's audit log (None: no audit)
+    audit_path: Path | None = None  # the environment's audit log (None: no audit)
     digests: dict[str, str] = field(default_factory=dict)  # version -> sha256, for the audit
     on_decision: Callable[[Decision], None] | None = None
 

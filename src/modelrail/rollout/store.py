@@ -119,6 +119,21 @@ class RolloutFiles:
         data = self.read_status()
         return RolloutStatus.from_dict(data["status"]) if data else None
 
+    def summary(self) -> dict[str, Any]:
+        """Where the rollout stands, for the CLI; `done` once it ended *and* its last action
+        (e.g. the rollback of an abort) was carried out."""
+        saved = self.read_status()
+        st = RolloutStatus.from_dict(saved["status"]) if saved else None
+        spec = self.read_request()["spec"]
+        return {"id": self.id, "model": spec["model"], "stable": spec["stable_version"],
+                "canary": spec["canary_version"],
+                "phase": st.phase.value if st else "Pending", "weight": st.weight if st else 0,
+                "message": st.message if st else "waiting for the environment's controller",
+                "done": bool(st and st.phase.terminal
+                             and saved and saved.get("executed_seq", 0) >= st.seq),
+                "started_at": st.started_at if st else None,
+                "history": list(st.history) if st else []}
+
     def terminal(self) -> bool:
         st = self.rollout_status()
         return st is not None and st.phase.terminal

@@ -51,6 +51,13 @@ def wait_phase(cluster: Cluster, phases: set[str], timeout: float = 120,
                          f"(executedSeq {st.get('executedSeq')}): {st}")
 
 
+def wait_weight(cluster: Cluster, weight: int, timeout: float = 60) -> None:
+    deadline = time.monotonic() + timeout
+    while rollout(cluster)["status"].get("canaryWeight") != weight:
+        assert time.monotonic() < deadline, f"canary weight never reached {weight}%"
+        time.sleep(0.2)
+
+
 def weights(cluster: Cluster) -> set[tuple[int, int]]:
     out = set()
     for plural in ("httproutes", "grpcroutes"):
@@ -188,10 +195,7 @@ def test_restarted_operator_resumes_and_the_cli_gets_the_verdict(
             started = kube_cli(cluster, "start", "--model", "iris:2")
             assert started.returncode == 0, started.stderr
             wait_phase(cluster, {"Progressing"}, 60, canary="2")
-            deadline = time.monotonic() + 60
-            while (rollout(cluster)["status"].get("canaryWeight") != 50
-                   and time.monotonic() < deadline):
-                time.sleep(0.2)
+            wait_weight(cluster, 50)
         # the operator is gone mid-rollout; a new one takes over from the status alone
         assert rollout(cluster)["status"]["phase"] == "Progressing"
         with operator(cluster, prometheus, server, cfg):
@@ -274,10 +278,7 @@ def test_weights_wait_for_a_pending_canary_scale_up(kube: Callable[..., Any],
     with kube() as (cluster, kubelet), operator(cluster, prometheus, server, stack()):
         wait_phase(cluster, {"Succeeded"}, 30)
         start(cluster, "2")
-        deadline = time.monotonic() + 60
-        while rollout(cluster)["status"].get("canaryWeight") != 50:
-            assert time.monotonic() < deadline
-            time.sleep(0.2)
+        wait_weight(cluster, 50)
         # the canary's HPA asks for 3 pods; only 1 becomes ready for now
         kubelet.ready_cap["iris-canary"] = 1
         cluster.apps.patch_namespaced_deployment("iris-canary", NS, {"spec": {"replicas": 3}})
@@ -297,10 +298,7 @@ def test_abort_leaves_traffic_on_stable(kube: Callable[..., Any],
         wait_phase(cluster, {"Succeeded"}, 30)
         start(cluster, "2")
         wait_phase(cluster, {"Progressing"}, 60, canary="2")
-        deadline = time.monotonic() + 60
-        while rollout(cluster)["status"].get("canaryWeight") != 50:
-            assert time.monotonic() < deadline
-            time.sleep(0.2)
+        wait_weight(cluster, 50)
         promote = kube_cli(cluster, "promote", "--model", "iris")
         assert promote.returncode == 2 and "not paused" in promote.stderr
         assert kube_cli(cluster, "abort", "--model", "iris").returncode == 0

@@ -76,6 +76,7 @@ class Daemon:
         self.stopping = threading.Event()
         self.workers: dict[str, threading.Thread] = {}
         self.rollouts: dict[str, LocalRollout] = {}
+        self.finished: set[str] = set()  # rollout ids known to have ended
         self.history: dict[tuple[str, str], tuple[Recommendation, ...]] = {}
         self.in_flight: dict[tuple[str, str], deque[float]] = {}
         self.started_at = time.time()
@@ -194,8 +195,12 @@ class Daemon:
 
     # --- rollouts ------------------------------------------------------------------------------
     def _start_rollouts(self) -> None:
-        for files in self.store.active():
-            if files.id in self.workers and self.workers[files.id].is_alive():
+        for files in self.store.rollouts():
+            if files.id in self.finished or (files.id in self.workers
+                                             and self.workers[files.id].is_alive()):
+                continue
+            if files.terminal():  # read once, not every second for the life of the env
+                self.finished.add(files.id)
                 continue
             rollout = self._rollout(files)
             self.rollouts[files.id] = rollout

@@ -11,7 +11,6 @@ them and compare with CONTROLLER_RULES.
 from __future__ import annotations
 
 import json
-import time
 from typing import Any
 
 from kubernetes import client
@@ -193,10 +192,3 @@ class KubePlatform:
         self.custom.patch_namespaced_custom_object_status(
             manifests.GROUP, manifests.CRD_VERSION, self.ns, "modelrollouts", name,
             {"status": status})
-
-    def wait(self, predicate: Any, timeout: float, what: str) -> None:
-        deadline = time.monotonic() + timeout
-        while not predicate():
-            if time.monotonic() > deadline:
-                raise TimeoutError(f"{what} did not happen within {timeout:.0f}s")
-            time.sleep(0.2)

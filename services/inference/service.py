@@ -22,11 +22,13 @@ from modelrail.serving import metrics
 from modelrail.serving.config import ServingConfig
 from modelrail.serving.faults import parse_faults
 from modelrail.serving.grpc_server import start_server
+from modelrail.serving.lifeline import bind_to_parent
 from modelrail.serving.repository import ModelRepository
 from modelrail.serving.rest import create_app
 
 log = logging.getLogger("modelrail.service")
 
+bind_to_parent()  # a worker never outlives its instance, however the instance dies
 CONFIG = ServingConfig.from_env()
 REPOSITORY = ModelRepository(faults=parse_faults(os.environ.get("MODELRAIL_FAULTS")))
 REST_APP = create_app(REPOSITORY, max_request_bytes=CONFIG.max_request_bytes,

@@ -22,6 +22,7 @@ from modelrail.serving import metrics
 from modelrail.serving.config import ServingConfig
 from modelrail.serving.faults import parse_faults
 from modelrail.serving.grpc_server import start_server
+from modelrail.serving.http_guard import GuardSettings, install
 from modelrail.serving.lifeline import bind_to_parent
 from modelrail.serving.repository import ModelRepository
 from modelrail.serving.rest import create_app
@@ -30,9 +31,11 @@ log = logging.getLogger("modelrail.service")
 
 bind_to_parent()  # a worker never outlives its instance, however the instance dies
 CONFIG = ServingConfig.from_env()
+# before BentoML builds the worker's uvicorn config: deadlines and a cap for HTTP clients
+install(GuardSettings(header_timeout=CONFIG.header_timeout, body_timeout=CONFIG.body_timeout,
+                      max_connections=CONFIG.max_connections))
 REPOSITORY = ModelRepository(faults=parse_faults(os.environ.get("MODELRAIL_FAULTS")))
-REST_APP = create_app(REPOSITORY, max_request_bytes=CONFIG.max_request_bytes,
-                      max_rows=CONFIG.max_rows)
+REST_APP = create_app(REPOSITORY, limits=CONFIG.limits)
 
 
 @bentoml.service(
@@ -64,8 +67,8 @@ class InferenceService:
     async def start_grpc(self) -> None:
         self._flusher = asyncio.get_running_loop().create_task(metrics.flush_forever())
         self._grpc = await start_server(
-            REPOSITORY, host=CONFIG.grpc_host, port=CONFIG.grpc_port,
-            max_rows=CONFIG.max_rows, max_message_bytes=CONFIG.max_request_bytes)
+            REPOSITORY, host=CONFIG.grpc_host, port=CONFIG.grpc_port, limits=CONFIG.limits,
+            handshake_timeout=CONFIG.header_timeout)
         log.info("gRPC OIP v2 listening on %s:%d", CONFIG.grpc_host, CONFIG.grpc_port)
 
     @bentoml.on_shutdown

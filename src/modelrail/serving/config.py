@@ -8,6 +8,15 @@ one channel that reaches every worker (and the one a Kubernetes Deployment sets)
   MODELRAIL_WORKERS            worker processes, default 1
   MODELRAIL_MAX_REQUEST_BYTES  payload limit for REST and gRPC, default 8 MiB
   MODELRAIL_MAX_ROWS           rows per request, default 65536
+  MODELRAIL_MAX_DIMS           dimensions per tensor shape, default 8 (checked before the shape
+                               is read any further)
+  MODELRAIL_MAX_ELEMENTS       elements per tensor (and per dimension), default 4194304; the
+                               element count is never computed beyond it
+  MODELRAIL_HEADER_TIMEOUT     seconds a connection may take to send a request's headers,
+                               default 10 (slow or idle clients are disconnected)
+  MODELRAIL_BODY_TIMEOUT       seconds a client may take to send a request's body, default 30
+  MODELRAIL_MAX_CONNECTIONS    open HTTP connections per worker, default 1000; more are
+                               answered 503 and closed
   MODELRAIL_DRAIN_SECONDS      grace period for in-flight gRPC calls at shutdown, default 10
   MODELRAIL_ACCESS_LOG         1 to log every request (default 0: /metrics counts them all)
   MODELRAIL_TRACING            1 to keep BentoML's OpenTelemetry spans on inference routes
@@ -57,6 +66,16 @@ def parse_model_ref(text: str) -> ModelRef:
 
 
 @dataclass(frozen=True)
+class Limits:
+    """What one request may cost, checked before anything proportional to it runs."""
+
+    max_rows: int = 65536
+    max_dims: int = 8
+    max_elements: int = 4 * 1024 * 1024
+    max_request_bytes: int = 8 * 1024 * 1024
+
+
+@dataclass(frozen=True)
 class ServingConfig:
     models: tuple[ModelRef, ...]
     grpc_port: int = 8001
@@ -64,6 +83,11 @@ class ServingConfig:
     workers: int = 1
     max_request_bytes: int = 8 * 1024 * 1024
     max_rows: int = 65536
+    max_dims: int = 8
+    max_elements: int = 4 * 1024 * 1024
+    header_timeout: float = 10.0
+    body_timeout: float = 30.0
+    max_connections: int = 1000
     drain_seconds: float = 10.0
     access_log: bool = False
     tracing: bool = False
@@ -87,10 +111,21 @@ class ServingConfig:
             max_request_bytes=_int(env, "MODELRAIL_MAX_REQUEST_BYTES", 8 * 1024 * 1024,
                                    1024, 1 << 31),
             max_rows=_int(env, "MODELRAIL_MAX_ROWS", 65536, 1, 10_000_000),
+            max_dims=_int(env, "MODELRAIL_MAX_DIMS", 8, 2, 32),
+            max_elements=_int(env, "MODELRAIL_MAX_ELEMENTS", 4 * 1024 * 1024, 1, 1 << 30),
+            header_timeout=float(_int(env, "MODELRAIL_HEADER_TIMEOUT", 10, 1, 3600)),
+            body_timeout=float(_int(env, "MODELRAIL_BODY_TIMEOUT", 30, 1, 3600)),
+            max_connections=_int(env, "MODELRAIL_MAX_CONNECTIONS", 1000, 1, 100_000),
             drain_seconds=float(_int(env, "MODELRAIL_DRAIN_SECONDS", 10, 0, 3600)),
             access_log=bool(_int(env, "MODELRAIL_ACCESS_LOG", 0, 0, 1)),
             tracing=bool(_int(env, "MODELRAIL_TRACING", 0, 0, 1)),
         )
+
+    @property
+    def limits(self) -> Limits:
+        return Limits(max_rows=self.max_rows, max_dims=self.max_dims,
+                      max_elements=self.max_elements,
+                      max_request_bytes=self.max_request_bytes)
 
     def to_env(self) -> dict[str, str]:
         return {
@@ -100,6 +135,11 @@ class ServingConfig:
             "MODELRAIL_WORKERS": str(self.workers),
             "MODELRAIL_MAX_REQUEST_BYTES": str(self.max_request_bytes),
             "MODELRAIL_MAX_ROWS": str(self.max_rows),
+            "MODELRAIL_MAX_DIMS": str(self.max_dims),
+            "MODELRAIL_MAX_ELEMENTS": str(self.max_elements),
+            "MODELRAIL_HEADER_TIMEOUT": str(int(self.header_timeout)),
+            "MODELRAIL_BODY_TIMEOUT": str(int(self.body_timeout)),
+            "MODELRAIL_MAX_CONNECTIONS": str(self.max_connections),
             "MODELRAIL_DRAIN_SECONDS": str(int(self.drain_seconds)),
             "MODELRAIL_ACCESS_LOG": str(int(self.access_log)),
             "MODELRAIL_TRACING": str(int(self.tracing)),

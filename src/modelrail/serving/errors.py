@@ -15,6 +15,8 @@ class Kind(Enum):
     INVALID = (400, "INVALID_ARGUMENT")  # malformed or not what the model takes
     NOT_FOUND = (404, "NOT_FOUND")  # unknown model or version
     TOO_LARGE = (413, "RESOURCE_EXHAUSTED")  # over the configured payload limit
+    UNSUPPORTED = (415, "INVALID_ARGUMENT")  # a Content-Encoding we do not decode
+    READ_ONLY = (403, "PERMISSION_DENIED")  # model repository changes (load/unload)
     UNAVAILABLE = (503, "UNAVAILABLE")  # model not ready yet (or never will be)
     INTERNAL = (500, "INTERNAL")  # a fault of ours or of the model, never of the input
 

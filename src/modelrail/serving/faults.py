@@ -3,6 +3,8 @@
 `MODELRAIL_FAULTS` holds JSON mapping a model reference to its faults, e.g.
   {"iris:3": {"error_rate": 0.2}, "iris:4": {"latency_ms": 250}, "iris:5": {"never_ready": true}}
   error_rate   share of inference requests answered with an internal error (500 / INTERNAL)
+  crash_rate   share of inference requests that raise an unexpected exception (a bug rather
+               than a refusal), to prove such errors are answered 500 / INTERNAL and counted
   latency_ms   added to every inference request
   never_ready  the model's warm-up fails, so the server never reports ready
 The REST and gRPC paths apply them identically, after validation, where a real fault of the
@@ -23,6 +25,7 @@ from modelrail.errors import InvalidInputError
 class Fault(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
     error_rate: float = Field(default=0.0, ge=0.0, le=1.0)
+    crash_rate: float = Field(default=0.0, ge=0.0, le=1.0)
     latency_ms: float = Field(default=0.0, ge=0.0, le=60_000.0)
     never_ready: bool = False
 
@@ -37,6 +40,9 @@ class FaultInjector:
 
     def should_fail(self, fault: Fault) -> bool:
         return fault.error_rate > 0 and self.rng.random() < fault.error_rate
+
+    def should_crash(self, fault: Fault) -> bool:
+        return fault.crash_rate > 0 and self.rng.random() < fault.crash_rate
 
 
 def parse_faults(raw: str | None, *, seed: int | None = None) -> FaultInjector:

@@ -3,12 +3,17 @@
 Started by the service's on_startup hook on one port shared by all workers
 (`grpc.so_reuseport`). Handlers receive raw bytes and parse them here, so a malformed
 protobuf is INVALID_ARGUMENT (grpc's own deserializer would report INTERNAL), and every
-call — failed ones included — is counted in the metrics under its status code. Outputs
-are always returned in `raw_output_contents`.
+call — failed ones included, unexpected exceptions too (answered INTERNAL) — is counted
+in the metrics under its status code. Outputs come back in the form the request used:
+`raw_input_contents` in → `raw_output_contents` out (tritonclient's fast path); typed
+`contents` in → typed `contents` out (what KServe's client reads). Besides the six OIP v2
+RPCs it serves Triton's `ModelStatistics` and `RepositoryIndex` (statistics.py, rest.py).
 """
 
 from __future__ import annotations
 
+import asyncio
+import logging
 import time
 from collections.abc import Awaitable, Callable
 from typing import Any
@@ -17,12 +22,25 @@ import grpc
 from google.protobuf.message import DecodeError, Message
 
 from modelrail import __version__
-from modelrail.serving import metrics
+from modelrail.serving import metrics, statistics
 from modelrail.serving._proto import oip_v2_pb2 as pb
+from modelrail.serving.config import Limits
 from modelrail.serving.errors import InferenceError, invalid
-from modelrail.serving.inference import InferRequest, InputTensor, RequestedOutput, execute
-from modelrail.serving.repository import ModelRepository
-from modelrail.serving.rest import EXTENSIONS, PLATFORM, SERVER_NAME
+from modelrail.serving.inference import (
+    InferRequest,
+    InferResponse,
+    InputTensor,
+    RequestedOutput,
+    execute,
+)
+from modelrail.serving.repository import LoadedModel, ModelRepository
+from modelrail.serving.rest import (
+    EXTENSIONS,
+    PLATFORM,
+    SERVER_NAME,
+    observe_phases,
+    repository_entries,
+)
 from modelrail.serving.tensors import (
     check_datatype,
     check_shape,
@@ -30,6 +48,8 @@ from modelrail.serving.tensors import (
     from_raw,
     to_raw,
 )
+
+log = logging.getLogger(__name__)
 
 SERVICE = "inference.GRPCInferenceService"
 # Which InferTensorContents field carries each datatype (OIP v2 specification).
@@ -50,7 +70,7 @@ def _parse(message_type: type[Message], data: bytes) -> Any:
     return msg
 
 
-def decode_infer(msg: Any) -> InferRequest:
+def decode_infer(msg: Any, limits: Limits) -> InferRequest:
     if not msg.model_name:
         raise invalid("model_name is required")
     if not msg.inputs:
@@ -61,11 +81,11 @@ def decode_infer(msg: Any) -> InferRequest:
                       "inputs; give one per input, in order")
     inputs = []
     for i, t in enumerate(msg.inputs):
-        where = f"input {t.name!r}" if t.name else f"inputs[{i}]"
+        where = f"input {t.name[:64]!r}" if t.name else f"inputs[{i}]"
         if not t.name:
             raise invalid(f"{where}: name is required")
         datatype = check_datatype(t.datatype, where)
-        shape = check_shape(list(t.shape), where)
+        shape = check_shape(t.shape, where, limits)
         if raw:
             if t.HasField("contents"):
                 raise invalid(f"{where}: contents must be empty when raw_input_contents is used")
@@ -80,16 +100,33 @@ def decode_infer(msg: Any) -> InferRequest:
             array = from_json(values, datatype, shape, where)
         inputs.append(InputTensor(name=t.name, datatype=datatype, shape=shape, array=array))
     outputs = [RequestedOutput(name=o.name) for o in msg.outputs] or None
+    # raw in, raw out; typed in, typed out (binary_output carries the choice)
     return InferRequest(model_name=msg.model_name, model_version=msg.model_version or None,
-                        inputs=inputs, outputs=outputs, id=msg.id or None)
+                        inputs=inputs, outputs=outputs, id=msg.id or None,
+                        binary_output=bool(raw))
+
+
+def encode_infer(resp: InferResponse, *, raw: bool) -> Message:
+    out = pb.ModelInferResponse(model_name=resp.model_name,
+                                model_version=resp.model_version, id=resp.id or "")
+    for o in resp.outputs:
+        tensor = out.outputs.add(name=o.name, datatype=o.datatype, shape=o.shape)
+        if raw:
+            out.raw_output_contents.append(to_raw(o.array, o.datatype))
+        else:
+            values = o.array.reshape(-1).tolist()
+            if o.datatype == "BYTES":
+                values = [v if isinstance(v, bytes) else str(v).encode() for v in values]
+            getattr(tensor.contents, CONTENTS_FIELD[o.datatype]).extend(values)
+    return out
 
 
 class InferenceServicer:
     """The six OIP v2 RPCs over a ModelRepository; each takes and returns bytes."""
 
-    def __init__(self, repo: ModelRepository, *, max_rows: int) -> None:
+    def __init__(self, repo: ModelRepository, *, limits: Limits) -> None:
         self.repo = repo
-        self.max_rows = max_rows
+        self.limits = limits
 
     async def server_live(self, data: bytes, ctx: Any) -> Message:
         _parse(pb.ServerLiveRequest, data)
@@ -128,13 +165,45 @@ class InferenceServicer:
         model = self.repo.resolve(msg.model_name, msg.model_version or None)
         if labels is not None:
             labels.update(model=model.name, version=model.version)
-        req = decode_infer(msg)
-        _, resp = await execute(self.repo, req, max_rows=self.max_rows)
-        out = pb.ModelInferResponse(model_name=resp.model_name,
-                                    model_version=resp.model_version, id=resp.id or "")
-        for o in resp.outputs:
-            out.outputs.add(name=o.name, datatype=o.datatype, shape=o.shape)
-            out.raw_output_contents.append(to_raw(o.array, o.datatype))
+        req = decode_infer(msg, self.limits)
+        _, resp = await execute(self.repo, req, max_rows=self.limits.max_rows)
+        encode_started = time.perf_counter()
+        out = encode_infer(resp, raw=req.binary_output)
+        observe_phases(resp, time.perf_counter() - encode_started)
+        return out
+
+    async def model_statistics(self, data: bytes, ctx: Any) -> Message:
+        msg = _parse(pb.ModelStatisticsRequest, data)
+        models: list[LoadedModel]
+        if not msg.name:
+            models = list(self.repo.models.values())
+        elif msg.version:
+            models = [self.repo.resolve(msg.name, msg.version)]
+        else:
+            self.repo.resolve(msg.name, None)  # NOT_FOUND for an unknown name
+            models = [self.repo.models[(msg.name, v)] for v in self.repo.versions(msg.name)]
+        metrics.flush()
+        figures = await asyncio.to_thread(statistics.collect, models)
+        out = pb.ModelStatisticsResponse()
+        for s in figures:
+            entry = out.model_stats.add(
+                name=s.name, version=s.version, last_inference=s.last_inference_ms,
+                inference_count=s.inference_count, execution_count=s.execution_count)
+            for stat in statistics.STATS:
+                d = s.durations.get(stat, statistics.Duration())
+                getattr(entry.inference_stats, stat).CopyFrom(
+                    pb.StatisticDuration(count=d.count, ns=d.ns))
+        return out
+
+    async def repository_index(self, data: bytes, ctx: Any) -> Message:
+        msg = _parse(pb.RepositoryIndexRequest, data)
+        if msg.repository_name:
+            raise invalid(f"unknown repository {msg.repository_name[:64]!r}; this server has "
+                          "one, unnamed (leave repository_name empty)")
+        out = pb.RepositoryIndexResponse()
+        for entry in repository_entries(self.repo):
+            if not msg.ready or entry["state"] == "READY":
+                out.models.add(**entry)
         return out
 
 
@@ -155,8 +224,10 @@ def _unary(fn: Callable[..., Awaitable[Message]], *, counted: bool) -> Any:
         except Exception as exc:
             if isinstance(exc, grpc.aio.AbortError):
                 raise
-            code = "INTERNAL"
-            await ctx.abort(grpc.StatusCode.INTERNAL, f"internal error: {exc}")
+            code = "INTERNAL"  # a fault of ours: answered, counted, logged
+            log.exception("unexpected error in %s", getattr(fn, "__name__", "rpc"))
+            await ctx.abort(grpc.StatusCode.INTERNAL,
+                            f"internal error: {type(exc).__name__}: {str(exc)[:200]}")
             raise
         finally:
             if counted:
@@ -191,18 +262,25 @@ def generic_handler(servicer: InferenceServicer) -> grpc.GenericRpcHandler:
         "ServerMetadata": _unary(servicer.server_metadata, counted=False),
         "ModelMetadata": _unary(servicer.model_metadata, counted=False),
         "ModelInfer": _unary(servicer.model_infer, counted=True),
+        "ModelStatistics": _unary(servicer.model_statistics, counted=False),
+        "RepositoryIndex": _unary(servicer.repository_index, counted=False),
     })
 
 
-async def start_server(repo: ModelRepository, *, host: str, port: int, max_rows: int,
-                       max_message_bytes: int) -> grpc.aio.Server:
+async def start_server(repo: ModelRepository, *, host: str, port: int, limits: Limits,
+                       handshake_timeout: float = 10.0) -> grpc.aio.Server:
+    max_message_bytes = limits.max_request_bytes
     server = grpc.aio.server(options=[
         ("grpc.so_reuseport", 1),
         ("grpc.max_receive_message_length", max_message_bytes),
         ("grpc.max_send_message_length", max(max_message_bytes, 64 * 1024 * 1024)),
+        # a connection that has not completed the HTTP/2 handshake in time is closed
+        ("grpc.server_handshake_timeout_ms", int(handshake_timeout * 1000)),
+        # idle connections are closed after a while (clients reconnect transparently)
+        ("grpc.max_connection_idle_ms", 5 * 60 * 1000),
     ])
     server.add_generic_rpc_handlers((
-        generic_handler(InferenceServicer(repo, max_rows=max_rows)), health_handler(repo)))
+        generic_handler(InferenceServicer(repo, limits=limits)), health_handler(repo)))
     bound = server.add_insecure_port(f"{host}:{port}")
     if bound == 0:
         raise OSError(f"cannot bind gRPC port {host}:{port}")

@@ -9,6 +9,7 @@ never fail a good one.
 from __future__ import annotations
 
 import asyncio
+import time
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -64,6 +65,10 @@ class InferResponse:
     model_version: str
     outputs: list[OutputTensor] = field(default_factory=list)
     id: str | None = None
+    rows: int = 0
+    # seconds spent validating/converting the input and in onnxruntime (statistics extension)
+    input_seconds: float = 0.0
+    infer_seconds: float = 0.0
 
 
 def describe_input(model: LoadedModel) -> str:
@@ -95,23 +100,33 @@ def check_outputs(model: LoadedModel, req: InferRequest) -> list[RequestedOutput
     available = [o.name for o in model.card.outputs]
     if req.outputs is None or not req.outputs:
         return [RequestedOutput(name=n, binary=req.binary_output) for n in available]
+    seen: set[str] = set()
     for o in req.outputs:
         if o.name not in available:
-            raise invalid(f"outputs: unknown output {o.name!r}; available: "
+            raise invalid(f"outputs: unknown output {o.name[:64]!r}; available: "
                           f"{', '.join(available)}")
+        if o.name in seen:
+            raise invalid(f"outputs: {o.name!r} is requested twice; ask for each output "
+                          f"once (available: {', '.join(available)})")
+        seen.add(o.name)
     return req.outputs
 
 
 async def execute(repo: ModelRepository, req: InferRequest, *, max_rows: int,
                   ) -> tuple[LoadedModel, InferResponse]:
+    started = time.perf_counter()
     model = repo.ready_model(req.model_name, req.model_version)
     x = prepare(model, req, max_rows=max_rows)
     wanted = check_outputs(model, req)
+    prepared = time.perf_counter()
     if model.fault is not None:
         if model.fault.latency_ms:
             await asyncio.sleep(model.fault.latency_ms / 1000)
         if repo.faults.should_fail(model.fault):
             raise InferenceError(Kind.INTERNAL, f"injected fault in {model.card.ref}")
+        if repo.faults.should_crash(model.fault):  # a bug, not a refusal: no InferenceError
+            raise RuntimeError(f"injected crash in {model.card.ref}")
+    infer_started = time.perf_counter()
     try:
         if x.size > THREAD_THRESHOLD:
             result = await asyncio.to_thread(model.run, x)
@@ -119,6 +134,7 @@ async def execute(repo: ModelRepository, req: InferRequest, *, max_rows: int,
             result = model.run(x)
     except Exception as exc:  # onnxruntime's own error types are not exported
         raise InferenceError(Kind.INTERNAL, f"model {model.card.ref} failed: {exc}") from exc
+    infer_seconds = time.perf_counter() - infer_started
     specs = {o.name: o for o in model.card.outputs}
     outputs = []
     for want in wanted:
@@ -130,4 +146,5 @@ async def execute(repo: ModelRepository, req: InferRequest, *, max_rows: int,
         model=model.name, version=model.version, labels=result.get("label"),
         values=result.get("predictions"), bins=model.value_bins)
     return model, InferResponse(model_name=model.name, model_version=model.version,
-                                outputs=outputs, id=req.id)
+                                outputs=outputs, id=req.id, rows=int(x.shape[0]),
+                                input_seconds=prepared - started, infer_seconds=infer_seconds)

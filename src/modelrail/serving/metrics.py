@@ -12,7 +12,16 @@ for its workers):
       bin d0…d9 — the prediction distribution the rollout model gate compares
   modelrail_requests_in_flight{protocol}                        gauge, summed over workers
   modelrail_model_info{model,version,sha256,ready}              1 per loaded model
-Requests that name no servable model are counted under model="" version="".
+  modelrail_inference_stat_seconds{model,version,stat}          summary (_count, _sum);
+      stat: success / fail (whole requests), compute_input / compute_infer /
+      compute_output (phases of successful ones) — what the statistics extension reports
+  modelrail_inference_rows_total{model,version}                 rows inferred
+  modelrail_last_inference_timestamp_seconds{model,version}     gauge, max over workers
+  modelrail_connections_closed_total{reason}                    HTTP connections the server
+      closed on a slow or surplus client (header_timeout, body_timeout, over_limit)
+Requests that name no servable model are counted under model="" version="": one bounded
+label, however many unknown names clients send. Any 5xx or gRPC INTERNAL/UNKNOWN is
+counted, unexpected exceptions included (rest.py and grpc_server.py catch them all).
 
 Updates are buffered in plain Python and flushed to the multiprocess files every
 FLUSH_SECONDS by `flush_forever` (started in each worker) and before each scrape: a
@@ -25,6 +34,7 @@ from __future__ import annotations
 import asyncio
 import bisect
 import os
+import time
 from collections import defaultdict
 from functools import cache
 from typing import Any
@@ -63,6 +73,18 @@ def _m() -> dict[str, Any]:
         "info": prom.Gauge(
             "modelrail_model_info", "Loaded models (1 each)",
             ["model", "version", "sha256", "ready"], multiprocess_mode="liveall"),
+        "stat": prom.Summary(
+            "modelrail_inference_stat_seconds",
+            "Inference requests by result (success, fail) and phases of successful ones",
+            ["model", "version", "stat"]),
+        "rows": prom.Counter(
+            "modelrail_inference_rows_total", "Rows inferred", ["model", "version"]),
+        "last": prom.Gauge(
+            "modelrail_last_inference_timestamp_seconds", "Time of the last inference",
+            ["model", "version"], multiprocess_mode="max"),
+        "closed": prom.Counter(
+            "modelrail_connections_closed_total",
+            "HTTP connections closed by the server on a slow or surplus client", ["reason"]),
     }
 
 
@@ -76,6 +98,11 @@ class _Buffer:
         self.predictions: dict[tuple[str, str, str], int] = defaultdict(int)
         self.in_flight: dict[str, int] = defaultdict(int)
         self.flushed_in_flight: dict[str, int] = {}
+        # (model, version, stat) -> [count, seconds]
+        self.stats: dict[tuple[str, str, str], list[float]] = {}
+        self.rows: dict[tuple[str, str], int] = defaultdict(int)
+        self.last: dict[tuple[str, str], float] = {}
+        self.closed: dict[str, int] = defaultdict(int)
 
 
 _buffer = _Buffer()
@@ -85,15 +112,42 @@ def http_outcome(status: int) -> str:
     return f"{status // 100}xx"
 
 
+SUCCESS_OUTCOMES = ("2xx", "OK")
+
+
 def observe_request(*, model: str, version: str, protocol: str, outcome: str,
                     seconds: float) -> None:
     _buffer.requests[(model, version, protocol, outcome)] += 1
+    if model:
+        _stat(model, version, "success" if outcome in SUCCESS_OUTCOMES else "fail", seconds)
     key = (model, version, protocol)
     counts = _buffer.buckets.get(key)
     if counts is None:
         counts = _buffer.buckets[key] = [0] * len(_BOUNDS)
     counts[bisect.bisect_left(_BOUNDS, seconds)] += 1
     _buffer.sums[key] += seconds
+
+
+def _stat(model: str, version: str, stat: str, seconds: float) -> None:
+    entry = _buffer.stats.get((model, version, stat))
+    if entry is None:
+        entry = _buffer.stats[(model, version, stat)] = [0, 0.0]
+    entry[0] += 1
+    entry[1] += seconds
+
+
+def observe_inference(*, model: str, version: str, rows: int, input_seconds: float,
+                      infer_seconds: float, output_seconds: float) -> None:
+    """The phases of one successful inference (the statistics extension's figures)."""
+    _stat(model, version, "compute_input", input_seconds)
+    _stat(model, version, "compute_infer", infer_seconds)
+    _stat(model, version, "compute_output", output_seconds)
+    _buffer.rows[(model, version)] += rows
+    _buffer.last[(model, version)] = time.time()
+
+
+def connection_closed(reason: str) -> None:
+    _buffer.closed[reason] += 1
 
 
 def request_started(protocol: str) -> None:
@@ -148,6 +202,20 @@ def flush() -> None:
     for (model, version, value), n in buf.predictions.items():
         m["predictions"].labels(model=model, version=version, value=value).inc(n)
     buf.predictions.clear()
+    for (model, version, stat), (count, seconds) in buf.stats.items():
+        child = m["stat"].labels(model=model, version=version, stat=stat)
+        child._count.inc(count)
+        child._sum.inc(seconds)
+    buf.stats.clear()
+    for (model, version), n in buf.rows.items():
+        m["rows"].labels(model=model, version=version).inc(n)
+    buf.rows.clear()
+    for (model, version), when in buf.last.items():
+        m["last"].labels(model=model, version=version).set(when)
+    buf.last.clear()
+    for reason, n in buf.closed.items():
+        m["closed"].labels(reason=reason).inc(n)
+    buf.closed.clear()
     for protocol, n in buf.in_flight.items():
         if buf.flushed_in_flight.get(protocol) != n:
             m["in_flight"].labels(protocol=protocol).set(n)
@@ -164,18 +232,24 @@ async def flush_forever(interval: float = FLUSH_SECONDS) -> None:
         flush()
 
 
-def exposition() -> tuple[bytes, str]:
-    """The Prometheus text of every worker. Call `flush()` first, on the event loop that
-    records (this may then run in a thread: it only reads the multiprocess files)."""
+def registry() -> Any:
+    """Every worker's values (multiprocess mode) or this process's (tests, embedding)."""
     import prometheus_client as prom
     from prometheus_client import multiprocess
 
     if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
-        registry = prom.CollectorRegistry()
-        multiprocess.MultiProcessCollector(registry)  # type: ignore[no-untyped-call]
-    else:  # a single process (tests, embedding)
-        registry = prom.REGISTRY
-    return prom.generate_latest(registry), prom.CONTENT_TYPE_LATEST
+        reg = prom.CollectorRegistry()
+        multiprocess.MultiProcessCollector(reg)  # type: ignore[no-untyped-call]
+        return reg
+    return prom.REGISTRY
+
+
+def exposition() -> tuple[bytes, str]:
+    """The Prometheus text of every worker. Call `flush()` first, on the event loop that
+    records (this may then run in a thread: it only reads the multiprocess files)."""
+    import prometheus_client as prom
+
+    return prom.generate_latest(registry()), prom.CONTENT_TYPE_LATEST
 
 
 def set_model_info(*, model: str, version: str, sha256: str, ready: bool) -> None:

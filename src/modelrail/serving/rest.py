@@ -7,27 +7,40 @@ Routes (KServe / Triton "V2" REST, plus one convenience route):
   POST /v2/models/{name}[/versions/{version}]/infer     JSON tensors or binary extension
   POST /predict/{name}[/{version}]                      records with feature names in,
                                                         labels and class probabilities out
+  GET  /v2/models[/{name}[/versions/{version}]]/stats   statistics extension (Triton's)
+  POST /v2/repository/index                             model repository index (read-only;
+                                                        load/unload answer 403)
   GET  /metrics                                         Prometheus (metrics.py)
-Thin: decode → inference.execute → encode. Errors answer {"error": "..."} with 400, 404,
-413 or 503; a 500 only ever means a fault of the server or model, never of the input.
+Thin: decode → inference.execute → encode. Every answer that is not a success is JSON
+{"error": "..."}: 400, 403, 404, 405, 413, 415 or 503 for what the client sent or asked; a
+500 only ever means a fault of the server or model, never of the input, and is counted in
+the metrics like every other inference outcome (an unexpected exception included: it is
+answered here, never left to the ASGI server, so the keep-alive connection survives).
+Request bodies may be gzip or deflate encoded; the size limit applies to the decoded bytes.
 """
 
 from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import math
 import time
+import zlib
 from typing import Any
 
 import numpy as np
 from starlette.applications import Starlette
-from starlette.requests import Request
+from starlette.exceptions import HTTPException
+from starlette.middleware import Middleware
+from starlette.requests import ClientDisconnect, Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from modelrail import __version__
-from modelrail.serving import metrics
+from modelrail.serving import metrics, statistics
+from modelrail.serving.config import Limits
 from modelrail.serving.errors import InferenceError, Kind, invalid
 from modelrail.serving.inference import (
     InferRequest,
@@ -46,60 +59,115 @@ from modelrail.serving.tensors import (
     to_raw,
 )
 
+log = logging.getLogger(__name__)
+
 HEADER_LENGTH = "inference-header-content-length"
-EXTENSIONS = ["binary_tensor_data", "model_repository_metadata", "modelrail_predict_records"]
+EXTENSIONS = ["binary_tensor_data", "model_repository", "statistics",
+              "modelrail_predict_records"]
 SERVER_NAME = "modelrail"
-PLATFORM = "onnxruntime_onnx"
+PLATFORM = "onnx_onnxv1"  # the OIP v2 specification's name for an ONNX model
+# Above this many body bytes the decode runs in a thread, so the event loop keeps serving.
+THREAD_DECODE_BYTES = 64 * 1024
+ENCODINGS = ("gzip", "deflate", "identity")
 
 
 def error_response(err: InferenceError) -> JSONResponse:
     return JSONResponse({"error": err.message}, status_code=err.kind.http_status)
 
 
-def create_app(repo: ModelRepository, *, max_request_bytes: int, max_rows: int) -> Starlette:
-    """The REST app over a repository (the caller loads the models)."""
+class GuardMiddleware:
+    """The last line: any exception a route lets out is answered 500 JSON here (and
+    counted), instead of reaching the ASGI server, which would log a traceback and drop
+    the keep-alive connection."""
 
-    async def live(_: Request) -> Response:
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        started = False
+
+        async def tracked(message: Message) -> None:
+            nonlocal started
+            if message["type"] == "http.response.start":
+                started = True
+            await send(message)
+
+        try:
+            await self.app(scope, receive, tracked)
+        except Exception as exc:
+            log.exception("unexpected error on %s %s", scope.get("method"), scope.get("path"))
+            metrics.observe_request(model="", version="", protocol="rest", outcome="5xx",
+                                    seconds=0.0)
+            if not started:
+                response = JSONResponse({"error": f"internal error: {type(exc).__name__}"},
+                                        status_code=500)
+                await response(scope, receive, send)
+
+
+async def _http_error(request: Request, exc: Exception) -> Response:
+    assert isinstance(exc, HTTPException)
+    if exc.status_code == 404:
+        message = (f"no route {request.url.path!r}; OIP v2 routes are under /v2 (see GET /v2 "
+                   "for the extensions served)")
+    elif exc.status_code == 405:
+        message = f"method {request.method} is not allowed on {request.url.path!r}"
+    else:
+        message = str(exc.detail)
+    return JSONResponse({"error": message}, status_code=exc.status_code,
+                        headers=getattr(exc, "headers", None))
+
+
+class RestApi:
+    """The route handlers over one repository (the caller loads the models)."""
+
+    def __init__(self, repo: ModelRepository, limits: Limits) -> None:
+        self.repo = repo
+        self.limits = limits
+
+    async def live(self, _: Request) -> Response:
         return JSONResponse({"live": True})
 
-    async def ready(_: Request) -> Response:
-        if repo.ready:
+    async def ready(self, _: Request) -> Response:
+        if self.repo.ready:
             return JSONResponse({"ready": True})
-        return JSONResponse({"ready": False, "errors": repo.errors}, status_code=503)
+        return JSONResponse({"ready": False, "errors": self.repo.errors}, status_code=503)
 
-    async def server_metadata(_: Request) -> Response:
+    async def server_metadata(self, _: Request) -> Response:
         return JSONResponse({"name": SERVER_NAME, "version": __version__,
                              "extensions": EXTENSIONS})
 
-    def resolve(request: Request) -> LoadedModel:
-        return repo.resolve(request.path_params["name"], request.path_params.get("version"))
+    def resolve(self, request: Request) -> LoadedModel:
+        return self.repo.resolve(request.path_params["name"], request.path_params.get("version"))
 
-    async def model_metadata(request: Request) -> Response:
+    async def model_metadata(self, request: Request) -> Response:
         try:
-            return JSONResponse(metadata_of(resolve(request), repo))
+            return JSONResponse(metadata_of(self.resolve(request), self.repo))
         except InferenceError as err:
             return error_response(err)
 
-    async def model_ready(request: Request) -> Response:
+    async def model_ready(self, request: Request) -> Response:
         try:
-            model = resolve(request)
+            model = self.resolve(request)
         except InferenceError as err:
             return error_response(err)
         body = {"name": model.name, "version": model.version, "ready": model.ready}
         return JSONResponse(body, status_code=200 if model.ready else 503)
 
-    async def prometheus(_: Request) -> Response:
+    async def prometheus(self, _: Request) -> Response:
         metrics.flush()  # this worker's pending updates, on the loop that records them
         body, content_type = await asyncio.to_thread(metrics.exposition)
         return Response(body, media_type=content_type)
 
-    async def infer(request: Request) -> Response:
-        return await _timed(request, _infer)
+    async def infer(self, request: Request) -> Response:
+        return await self._timed(request, self._infer)
 
-    async def predict(request: Request) -> Response:
-        return await _timed(request, _predict)
+    async def predict(self, request: Request) -> Response:
+        return await self._timed(request, self._predict)
 
-    async def _timed(request: Request, handler: Any) -> Response:
+    async def _timed(self, request: Request, handler: Any) -> Response:
         started = time.perf_counter()
         labels = {"model": "", "version": ""}
         metrics.request_started("rest")
@@ -108,6 +176,10 @@ def create_app(repo: ModelRepository, *, max_request_bytes: int, max_rows: int) 
                 response: Response = await handler(request, labels)
             except InferenceError as err:
                 response = error_response(err)
+            except Exception as exc:  # a fault of ours: answered, counted, logged
+                log.exception("unexpected error on %s", request.url.path)
+                response = JSONResponse({"error": f"internal error: {type(exc).__name__}: "
+                                                  f"{str(exc)[:200]}"}, status_code=500)
         finally:
             metrics.request_finished("rest")
         metrics.observe_request(model=labels["model"], version=labels["version"],
@@ -116,39 +188,121 @@ def create_app(repo: ModelRepository, *, max_request_bytes: int, max_rows: int) 
                                 seconds=time.perf_counter() - started)
         return response
 
-    async def _infer(request: Request, labels: dict[str, str]) -> Response:
+    async def _infer(self, request: Request, labels: dict[str, str]) -> Response:
         name = request.path_params["name"]
-        model = resolve(request)
+        model = self.resolve(request)
         labels.update(model=model.name, version=model.version)
-        body = await read_body(request, max_request_bytes)
-        req = decode_infer(body, request.headers.get(HEADER_LENGTH), name, model.version)
-        _, resp = await execute(repo, req, max_rows=max_rows)
-        return encode_infer(resp)
+        body = await read_body(request, self.limits.max_request_bytes)
+        header_length = request.headers.get(HEADER_LENGTH)
+        if len(body) > THREAD_DECODE_BYTES:
+            req = await asyncio.to_thread(decode_infer, body, header_length, name,
+                                          model.version, self.limits)
+        else:
+            req = decode_infer(body, header_length, name, model.version, self.limits)
+        _, resp = await execute(self.repo, req, max_rows=self.limits.max_rows)
+        encode_started = time.perf_counter()
+        response = encode_infer(resp)
+        observe_phases(resp, time.perf_counter() - encode_started)
+        return response
 
-    async def _predict(request: Request, labels: dict[str, str]) -> Response:
-        model = resolve(request)
+    async def _predict(self, request: Request, labels: dict[str, str]) -> Response:
+        model = self.resolve(request)
         labels.update(model=model.name, version=model.version)
-        body = await read_body(request, max_request_bytes)
-        rows = decode_records(body, model)
+        body = await read_body(request, self.limits.max_request_bytes)
+        if len(body) > THREAD_DECODE_BYTES:
+            rows = await asyncio.to_thread(decode_records, body, model, self.limits.max_rows)
+        else:
+            rows = decode_records(body, model, self.limits.max_rows)
         req = InferRequest(model_name=model.name, model_version=model.version, inputs=[
             InputTensor(name=model.card.inputs[0].name, datatype="FP64",
                         shape=list(rows.shape), array=rows)])
-        _, resp = await execute(repo, req, max_rows=max_rows)
-        return JSONResponse(records_response(model, resp))
+        _, resp = await execute(self.repo, req, max_rows=self.limits.max_rows)
+        encode_started = time.perf_counter()
+        response = JSONResponse(records_response(model, resp))
+        observe_phases(resp, time.perf_counter() - encode_started)
+        return response
 
+    def selected(self, request: Request) -> list[LoadedModel]:
+        name = request.path_params.get("name")
+        if name is None:
+            return list(self.repo.models.values())
+        if request.path_params.get("version") is None:
+            self.repo.resolve(name, None)  # NOT_FOUND for an unknown name
+            return [self.repo.models[(name, v)] for v in self.repo.versions(name)]
+        return [self.resolve(request)]
+
+    async def stats(self, request: Request) -> Response:
+        try:
+            models = self.selected(request)
+        except InferenceError as err:
+            return error_response(err)
+        metrics.flush()
+        figures = await asyncio.to_thread(statistics.collect, models)
+        return JSONResponse({"model_stats": [s.to_json() for s in figures]})
+
+    async def repository_index(self, request: Request) -> Response:
+        try:
+            body = await read_body(request, 64 * 1024)
+            doc = _load_json(body, "request body") if body.strip() else {}
+            if not isinstance(doc, dict) or not isinstance(doc.get("ready", False), bool):
+                raise invalid('body must be empty or {"ready": true|false}')
+        except InferenceError as err:
+            return error_response(err)
+        return JSONResponse([entry for entry in repository_entries(self.repo)
+                             if not doc.get("ready") or entry["state"] == "READY"])
+
+    async def read_only(self, request: Request) -> Response:
+        return error_response(InferenceError(
+            Kind.READ_ONLY, "the model repository is read-only: the served models are fixed "
+                            "when the server starts (MODELRAIL_MODELS); deploy a new version "
+                            "with a rollout"))
+
+
+def create_app(repo: ModelRepository, *, limits: Limits) -> Starlette:
+    """The REST app over a repository (the caller loads the models)."""
+    api = RestApi(repo, limits)
     model_paths = ["/v2/models/{name}", "/v2/models/{name}/versions/{version}"]
     routes = [
-        Route("/v2/health/live", live, methods=["GET"]),
-        Route("/v2/health/ready", ready, methods=["GET"]),
-        Route("/v2", server_metadata, methods=["GET"]),
-        *[Route(p, model_metadata, methods=["GET"]) for p in model_paths],
-        *[Route(p + "/ready", model_ready, methods=["GET"]) for p in model_paths],
-        *[Route(p + "/infer", infer, methods=["POST"]) for p in model_paths],
-        Route("/metrics", prometheus, methods=["GET"]),
-        Route("/predict/{name}", predict, methods=["POST"]),
-        Route("/predict/{name}/{version}", predict, methods=["POST"]),
+        Route("/v2/health/live", api.live, methods=["GET"]),
+        Route("/v2/health/ready", api.ready, methods=["GET"]),
+        Route("/v2", api.server_metadata, methods=["GET"]),
+        # before /v2/models/{name}, as in Triton: "stats" is the extension, not a model
+        Route("/v2/models/stats", api.stats, methods=["GET"]),
+        *[Route(p + "/stats", api.stats, methods=["GET"]) for p in model_paths],
+        Route("/v2/repository/index", api.repository_index, methods=["POST"]),
+        Route("/v2/repository/models/{name}/load", api.read_only, methods=["POST"]),
+        Route("/v2/repository/models/{name}/unload", api.read_only, methods=["POST"]),
+        *[Route(p, api.model_metadata, methods=["GET"]) for p in model_paths],
+        *[Route(p + "/ready", api.model_ready, methods=["GET"]) for p in model_paths],
+        *[Route(p + "/infer", api.infer, methods=["POST"]) for p in model_paths],
+        Route("/metrics", api.prometheus, methods=["GET"]),
+        Route("/predict/{name}", api.predict, methods=["POST"]),
+        Route("/predict/{name}/{version}", api.predict, methods=["POST"]),
     ]
-    return Starlette(routes=routes)
+    return Starlette(routes=routes, middleware=[Middleware(GuardMiddleware)],
+                     exception_handlers={404: _http_error, 405: _http_error})
+
+
+
+
+def observe_phases(resp: InferResponse, output_seconds: float) -> None:
+    metrics.observe_inference(model=resp.model_name, version=resp.model_version,
+                              rows=resp.rows, input_seconds=resp.input_seconds,
+                              infer_seconds=resp.infer_seconds, output_seconds=output_seconds)
+
+
+def repository_entries(repo: ModelRepository) -> list[dict[str, str]]:
+    """The repository index: every configured model version and its state."""
+    out = [{"name": m.name, "version": m.version, "state": "READY" if m.ready else "UNAVAILABLE",
+            "reason": repo.errors.get(m.card.ref, "")}
+           for m in sorted(repo.models.values(), key=lambda m: (m.name, m.version))]
+    loaded = {m.card.ref for m in repo.models.values()}
+    for ref, reason in sorted(repo.errors.items()):
+        if ref not in loaded:  # configured but never loaded
+            name, _, version = ref.partition(":")
+            out.append({"name": name, "version": version, "state": "UNAVAILABLE",
+                        "reason": reason})
+    return out
 
 
 def metadata_of(model: LoadedModel, repo: ModelRepository) -> dict[str, Any]:
@@ -167,37 +321,78 @@ def metadata_of(model: LoadedModel, repo: ModelRepository) -> dict[str, Any]:
     }
 
 
+def ascii_int(text: str | None) -> int | None:
+    """A header's non-negative decimal integer, or None (str.isdigit also takes "²")."""
+    if text is None or not text or len(text) > 18 or not (text.isascii() and text.isdigit()):
+        return None
+    return int(text)
+
+
 async def read_body(request: Request, limit: int) -> bytes:
+    """The request body, decoded from gzip/deflate, refused (413) past `limit` bytes —
+    before and after decoding, so a small compressed bomb cannot grow past it."""
     declared = request.headers.get("content-length")
-    if declared is not None and declared.isdigit() and int(declared) > limit:
-        raise InferenceError(Kind.TOO_LARGE, f"request body of {declared} bytes exceeds the "
-                                             f"limit of {limit} bytes")
+    if declared is not None and (ascii_int(declared) or 0) > limit:
+        raise InferenceError(Kind.TOO_LARGE, f"request body of {declared[:20]} bytes exceeds "
+                                             f"the limit of {limit} bytes")
+    encoding = request.headers.get("content-encoding", "identity").strip().lower()
+    if encoding not in ENCODINGS:
+        raise InferenceError(Kind.UNSUPPORTED, f"Content-Encoding {encoding[:40]!r} is not "
+                                               f"accepted; accepted: {', '.join(ENCODINGS)}")
     chunks: list[bytes] = []
     size = 0
-    async for chunk in request.stream():
-        size += len(chunk)
-        if size > limit:
-            raise InferenceError(Kind.TOO_LARGE,
-                                 f"request body exceeds the limit of {limit} bytes")
-        chunks.append(chunk)
-    return b"".join(chunks)
+    try:
+        async for chunk in request.stream():
+            size += len(chunk)
+            if size > limit:
+                raise InferenceError(Kind.TOO_LARGE,
+                                     f"request body exceeds the limit of {limit} bytes")
+            chunks.append(chunk)
+    except ClientDisconnect as exc:  # the client's doing (or its body deadline): a 4xx
+        raise invalid(f"the client disconnected after {size} bytes of the body") from exc
+    body = b"".join(chunks)
+    if encoding == "identity":
+        return body
+    return inflate(body, encoding, limit)
+
+
+def inflate(body: bytes, encoding: str, limit: int) -> bytes:
+    """gzip or deflate (zlib, or raw as some clients send it) to at most `limit` bytes."""
+    wbits = 16 + zlib.MAX_WBITS if encoding == "gzip" else zlib.MAX_WBITS
+    for bits in (wbits, -zlib.MAX_WBITS) if encoding == "deflate" else (wbits,):
+        decoder = zlib.decompressobj(bits)
+        try:
+            out = decoder.decompress(body, limit + 1)
+        except zlib.error as exc:
+            if bits == wbits and encoding == "deflate":
+                continue  # not zlib-wrapped: try raw deflate
+            raise invalid(f"request body is not valid {encoding} data: {exc}") from exc
+        if len(out) > limit or decoder.unconsumed_tail:
+            raise InferenceError(Kind.TOO_LARGE, f"request body exceeds the limit of {limit} "
+                                                 f"bytes once decoded from {encoding}")
+        if not decoder.eof:
+            raise invalid(f"request body is truncated {encoding} data")
+        return out
+    raise invalid(f"request body is not valid {encoding} data")
 
 
 def _load_json(raw: bytes, where: str) -> Any:
     try:
         return json.loads(raw)
-    except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as exc:
-        raise invalid(f"{where} is not valid JSON: {exc}") from exc
+    except (ValueError, RecursionError) as exc:
+        # ValueError covers malformed JSON, bad UTF-8 and integers past Python's digit limit
+        raise invalid(f"{where} is not valid JSON: {str(exc)[:200]}") from exc
 
 
 def decode_infer(body: bytes, header_length: str | None, name: str,
-                 version: str | None) -> InferRequest:
+                 version: str | None, limits: Limits) -> InferRequest:
     """An OIP v2 REST infer request, JSON or binary extension, as an InferRequest."""
     if header_length is not None:
-        if not header_length.isdigit() or int(header_length) > len(body):
-            raise invalid(f"Inference-Header-Content-Length {header_length!r} must be an "
+        split_at = ascii_int(header_length)
+        if split_at is None or split_at > len(body):
+            raise invalid(f"Inference-Header-Content-Length {header_length[:40]!r} must be an "
                           f"integer from 0 to the body size ({len(body)})")
-        split = int(header_length)
+        split = split_at
         header, binary = body[:split], memoryview(body)[split:]
     else:
         header, binary = body, memoryview(b"")
@@ -208,7 +403,7 @@ def decode_infer(body: bytes, header_length: str | None, name: str,
     if not isinstance(raw_inputs, list) or not raw_inputs:
         raise invalid("'inputs' must be a non-empty array of tensors "
                       "({name, datatype, shape, data})")
-    inputs = _decode_inputs(raw_inputs, binary)
+    inputs = _decode_inputs(raw_inputs, binary, limits)
     req_params = doc.get("parameters") or {}
     if not isinstance(req_params, dict):
         raise invalid("parameters must be an object")
@@ -234,7 +429,8 @@ def decode_infer(body: bytes, header_length: str | None, name: str,
                         outputs=outputs, id=req_id, binary_output=binary_output)
 
 
-def _decode_inputs(raw_inputs: list[Any], binary: memoryview) -> list[InputTensor]:
+def _decode_inputs(raw_inputs: list[Any], binary: memoryview,
+                   limits: Limits) -> list[InputTensor]:
     inputs: list[InputTensor] = []
     offset = 0
     for i, t in enumerate(raw_inputs):
@@ -244,9 +440,9 @@ def _decode_inputs(raw_inputs: list[Any], binary: memoryview) -> list[InputTenso
         tname = t.get("name")
         if not isinstance(tname, str) or not tname:
             raise invalid(f"{where}.name must be a non-empty string")
-        where = f"input {tname!r}"
+        where = f"input {tname[:64]!r}"
         datatype = check_datatype(t.get("datatype"), where)
-        shape = check_shape(t.get("shape"), where)
+        shape = check_shape(t.get("shape"), where, limits)
         params = t.get("parameters") or {}
         if not isinstance(params, dict):
             raise invalid(f"{where}: parameters must be an object")
@@ -295,7 +491,8 @@ def encode_infer(resp: InferResponse) -> Response:
                     headers={"Inference-Header-Content-Length": str(len(header))})
 
 
-def decode_records(body: bytes, model: LoadedModel) -> np.ndarray[Any, np.dtype[np.float64]]:
+def decode_records(body: bytes, model: LoadedModel,
+                   max_rows: int) -> np.ndarray[Any, np.dtype[np.float64]]:
     """`{"records": [{feature: value, …}, …]}` (or a bare array) as an FP64 row matrix."""
     doc = _load_json(body, "request body")
     records = doc.get("records") if isinstance(doc, dict) else doc
@@ -305,6 +502,9 @@ def decode_records(body: bytes, model: LoadedModel) -> np.ndarray[Any, np.dtype[
     if not isinstance(records, list) or not records:
         raise invalid("body must be {\"records\": [{feature: number, ...}, ...]} with at "
                       f"least one record; features: {accepted}")
+    if len(records) > max_rows:
+        raise invalid(f"{len(records)} records exceed the limit of {max_rows} per request; "
+                      "split the request")
     rows = np.empty((len(records), len(names)), dtype=np.float64)
     index = {n: j for j, n in enumerate(names)}
     for i, rec in enumerate(records):
@@ -312,17 +512,24 @@ def decode_records(body: bytes, model: LoadedModel) -> np.ndarray[Any, np.dtype[
             raise invalid(f"records[{i}] must be an object of feature: number")
         unknown = [k for k in rec if k not in index]
         if unknown:
-            raise invalid(f"records[{i}]: unknown feature {unknown[0]!r}; features: {accepted}")
+            raise invalid(f"records[{i}]: unknown feature {unknown[0][:64]!r}; features: "
+                          f"{accepted}")
         missing = [n for n in names if n not in rec]
         if missing:
             raise invalid(f"records[{i}]: missing feature {missing[0]!r}; features: {accepted}")
         for key, value in rec.items():
             if isinstance(value, bool) or not isinstance(value, (int, float)):
-                raise invalid(f"records[{i}][{key!r}] is {value!r}; a number is required")
-            if isinstance(value, float) and not math.isfinite(value):
-                raise invalid(f"records[{i}][{key!r}] is {value}; NaN and infinity are not "
-                              "accepted")
-            rows[i, index[key]] = float(value)
+                raise invalid(f"records[{i}][{key!r}] is {type(value).__name__}; a number is "
+                              "required")
+            try:
+                number = float(value)
+            except OverflowError:
+                number = math.inf  # an integer beyond any float: refused below like inf
+            if not math.isfinite(number):
+                shown = "an integer beyond FP64's range" if isinstance(value, int) else value
+                raise invalid(f"records[{i}][{key!r}] is {shown}; NaN and infinity are not "
+                              "accepted, and numbers must fit FP32")
+            rows[i, index[key]] = number
     return rows
 
 

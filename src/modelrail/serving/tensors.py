@@ -2,6 +2,8 @@
 what the model takes (FP32 rows of n_features).
 
 Policy, applied identically to REST and gRPC:
+  - a shape is bounded before it is used (check_shape: dimensions, each dimension, the
+    element count; see serving.config.Limits), so no work grows with a hostile shape;
   - shape must be [rows, n_features] with 1 <= rows <= max_rows, and the data must hold
     exactly rows * n_features elements;
   - FP32 as-is; FP16 widened; FP64 narrowed to FP32 (finite values beyond FP32's range are
@@ -21,6 +23,7 @@ import numpy as np
 import numpy.typing as npt
 
 from modelrail.models.card import TensorSpec
+from modelrail.serving.config import Limits
 from modelrail.serving.errors import invalid
 
 NUMPY_DTYPES: dict[str, np.dtype[Any]] = {
@@ -43,16 +46,55 @@ def check_datatype(datatype: Any, where: str) -> str:
     return datatype
 
 
-def check_shape(shape: Any, where: str) -> list[int]:
-    if (not isinstance(shape, (list, tuple)) or not shape
-            or not all(isinstance(d, int) and not isinstance(d, bool) for d in shape)):
-        raise invalid(f"{where}: shape must be a non-empty list of integers, got {shape!r}")
-    if any(d < 0 for d in shape):
-        raise invalid(f"{where}: shape {list(shape)} has a negative dimension")
-    return [int(d) for d in shape]
+def check_shape(shape: Any, where: str, limits: Limits) -> list[int]:
+    """A shape as a list of ints, bounded before anything proportional to it runs.
+
+    The number of dimensions is checked first (one len()), then each dimension, then the
+    element count, multiplied up one dimension at a time and never past the limit, so a
+    hostile shape (a million dimensions, 2**63) costs no more than a good one.
+    """
+    if not isinstance(shape, (list, tuple)) and not _is_repeated(shape):
+        raise invalid(f"{where}: shape must be a non-empty list of integers, got "
+                      f"{type(shape).__name__}")
+    if not 1 <= len(shape) <= limits.max_dims:
+        raise invalid(f"{where}: shape has {len(shape)} dimensions; accepted: 1 to "
+                      f"{limits.max_dims} (MODELRAIL_MAX_DIMS)")
+    dims: list[int] = []
+    count = 1
+    for i, d in enumerate(shape):
+        if not isinstance(d, int) or isinstance(d, bool):
+            raise invalid(f"{where}: shape[{i}] is {_short(d)}; accepted: integers")
+        if d < 0:
+            raise invalid(f"{where}: shape[{i}] is {d}; a negative dimension is not accepted")
+        if d > limits.max_elements:
+            raise invalid(f"{where}: shape[{i}] is {_short(d)}; accepted: at most "
+                          f"{limits.max_elements} (MODELRAIL_MAX_ELEMENTS)")
+        dims.append(int(d))
+        count *= d
+        if count > limits.max_elements:
+            raise invalid(f"{where}: shape {_short(dims)}... holds more than "
+                          f"{limits.max_elements} elements, the limit per tensor "
+                          "(MODELRAIL_MAX_ELEMENTS); split the request")
+    return dims
+
+
+def _is_repeated(value: Any) -> bool:
+    # a protobuf repeated scalar field (gRPC shapes): sized and indexable, not a list
+    return hasattr(value, "__len__") and hasattr(value, "__getitem__") and not isinstance(
+        value, (str, bytes, dict))
+
+
+def _short(value: Any, limit: int = 60) -> str:
+    """repr() cut to `limit` characters: messages must not echo a hostile payload back."""
+    try:
+        text = repr(value)
+    except ValueError:  # an int too long for str() (Python's 4300-digit limit)
+        return f"an integer of about {int(value.bit_length() * 0.30103)} digits"
+    return text if len(text) <= limit else text[:limit] + "…"
 
 
 def element_count(shape: Sequence[int]) -> int:
+    """Elements of a shape already bounded by check_shape."""
     return math.prod(shape)
 
 
@@ -61,8 +103,8 @@ def from_json(data: Any, datatype: str, shape: list[int], where: str) -> npt.NDA
     if datatype == "BYTES":
         raise invalid(f"{where}: datatype BYTES is not accepted; accepted: "
                       f"{', '.join(ACCEPTED_INPUT)}")
-    flat = _flatten(data, where)
     expected = element_count(shape)
+    flat = _flatten(data, where, expected)
     if len(flat) != expected:
         raise invalid(f"{where}: data has {len(flat)} elements but shape {shape} needs "
                       f"{expected}")
@@ -71,26 +113,28 @@ def from_json(data: Any, datatype: str, shape: list[int], where: str) -> npt.NDA
         if isinstance(v, bool) and datatype != "BOOL":
             raise invalid(f"{where}: data[{i}] is a boolean; {datatype} takes numbers")
         if datatype == "BOOL" and not isinstance(v, bool):
-            raise invalid(f"{where}: data[{i}] is {v!r}; BOOL takes true/false")
+            raise invalid(f"{where}: data[{i}] is {_short(v)}; BOOL takes true/false")
         if is_int and not isinstance(v, int):
-            raise invalid(f"{where}: data[{i}] is {v!r}; {datatype} takes integers")
+            raise invalid(f"{where}: data[{i}] is {_short(v)}; {datatype} takes integers")
         if not isinstance(v, (int, float)):
-            raise invalid(f"{where}: data[{i}] is {type(v).__name__} {v!r}; {datatype} "
-                          "takes numbers")
+            raise invalid(f"{where}: data[{i}] is {type(v).__name__} {_short(v)}; "
+                          f"{datatype} takes numbers")
     dtype = NUMPY_DTYPES[datatype]
     if is_int:
         info = np.iinfo(dtype)
         for i, v in enumerate(flat):
             if not info.min <= v <= info.max:
-                raise invalid(f"{where}: data[{i}] = {v} is out of range for {datatype}")
+                raise invalid(f"{where}: data[{i}] = {_short(v)} is out of range for "
+                              f"{datatype}")
     try:
         arr = np.asarray(flat, dtype=dtype)
     except (OverflowError, ValueError) as exc:
-        raise invalid(f"{where}: data does not fit {datatype}: {exc}") from exc
+        raise invalid(f"{where}: data does not fit {datatype}: {_short(str(exc))}") from exc
     return arr.reshape(shape)
 
 
-def _flatten(data: Any, where: str) -> list[Any]:
+def _flatten(data: Any, where: str, expected: int) -> list[Any]:
+    """The leaves of a nested list, row-major; stops as soon as there are too many."""
     if not isinstance(data, list):
         raise invalid(f"{where}: data must be a JSON array, got {type(data).__name__}")
     out: list[Any] = []
@@ -107,6 +151,9 @@ def _flatten(data: Any, where: str) -> list[Any]:
             stack.append(iter(item))
         else:
             out.append(item)
+            if len(out) > expected:
+                raise invalid(f"{where}: data has more than the {expected} elements its "
+                              "shape needs")
     return out
 
 

@@ -35,7 +35,7 @@ from starlette.exceptions import HTTPException
 from starlette.middleware import Middleware
 from starlette.requests import ClientDisconnect, Request
 from starlette.responses import JSONResponse, Response
-from starlette.routing import Route
+from starlette.routing import Match, Route
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from modelrail import __version__
@@ -105,6 +105,16 @@ class GuardMiddleware:
                 response = JSONResponse({"error": f"internal error: {type(exc).__name__}"},
                                         status_code=500)
                 await response(scope, receive, send)
+
+
+async def _unrouted(request: Request) -> Response:
+    """The last route: JSON 405 if another route takes the path with another method, else
+    JSON 404 (BentoML's mount would otherwise answer an unknown path in plain text)."""
+    app = request.scope["app"]
+    for route in app.router.routes:
+        if route.endpoint is not _unrouted and route.matches(request.scope)[0] == Match.PARTIAL:
+            return await _http_error(request, HTTPException(405))
+    return await _http_error(request, HTTPException(404))
 
 
 async def _http_error(request: Request, exc: Exception) -> Response:
@@ -278,6 +288,7 @@ def create_app(repo: ModelRepository, *, limits: Limits) -> Starlette:
         Route("/metrics", api.prometheus, methods=["GET"]),
         Route("/predict/{name}", api.predict, methods=["POST"]),
         Route("/predict/{name}/{version}", api.predict, methods=["POST"]),
+        Route("/{path:path}", _unrouted),  # last: JSON errors for every other path
     ]
     return Starlette(routes=routes, middleware=[Middleware(GuardMiddleware)],
                      exception_handlers={404: _http_error, 405: _http_error})

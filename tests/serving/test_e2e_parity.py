@@ -64,7 +64,7 @@ def test_grpc_client_matches_sklearn(server: Server, examples: dict[str, Example
         inp = tgrpc.InferInput("input", list(x.shape), "FP32")
         inp.set_data_from_numpy(x)
         res = client.infer(ex.card.name, [inp], model_version=ex.card.version)
-        # replies come in raw_output_contents
+        # raw in (tritonclient sends raw_input_contents), raw out
         assert len(res.get_response().raw_output_contents) == len(ex.card.outputs)
         _check(ex, {o.name: res.as_numpy(o.name) for o in ex.card.outputs})
 
@@ -104,7 +104,7 @@ def test_convenience_route_with_records(server: Server, examples: dict[str, Exam
 
 def test_metadata_and_default_version(server: Server, examples: dict[str, Example]) -> None:
     meta = httpx.get(f"{server.http_url}/v2/models/iris").json()
-    assert meta["versions"] == ["1", "2", "3"] and meta["platform"] == "onnxruntime_onnx"
+    assert meta["versions"] == ["1", "2", "3"] and meta["platform"] == "onnx_onnxv1"
     assert meta["inputs"] == [{"name": "input", "datatype": "FP32", "shape": [-1, 4]}]
     # without a version, the highest served version answers
     assert meta["parameters"]["sha256"] == examples["iris:3"].card.sha256

@@ -38,14 +38,15 @@ from modelrail.serving.rest import (
     EXTENSIONS,
     PLATFORM,
     SERVER_NAME,
+    THREAD_DECODE_BYTES,
     observe_phases,
     repository_entries,
 )
 from modelrail.serving.tensors import (
     check_datatype,
     check_shape,
-    from_json,
     from_raw,
+    from_typed,
     to_raw,
 )
 
@@ -94,10 +95,8 @@ def decode_infer(msg: Any, limits: Limits) -> InferRequest:
             if datatype in ("FP16", "BYTES"):
                 raise invalid(f"{where}: {datatype} must be sent in raw_input_contents"
                               if datatype == "FP16" else f"{where}: BYTES is not accepted")
-            values = list(getattr(t.contents, CONTENTS_FIELD[datatype]))
-            if datatype.startswith(("FP",)):
-                values = [float(v) for v in values]
-            array = from_json(values, datatype, shape, where)
+            array = from_typed(getattr(t.contents, CONTENTS_FIELD[datatype]), datatype,
+                               shape, where)
         inputs.append(InputTensor(name=t.name, datatype=datatype, shape=shape, array=array))
     outputs = [RequestedOutput(name=o.name) for o in msg.outputs] or None
     # raw in, raw out; typed in, typed out (binary_output carries the choice)
@@ -165,7 +164,10 @@ class InferenceServicer:
         model = self.repo.resolve(msg.model_name, msg.model_version or None)
         if labels is not None:
             labels.update(model=model.name, version=model.version)
-        req = decode_infer(msg, self.limits)
+        if len(data) > THREAD_DECODE_BYTES:  # a large decode leaves the event loop free
+            req = await asyncio.to_thread(decode_infer, msg, self.limits)
+        else:
+            req = decode_infer(msg, self.limits)
         _, resp = await execute(self.repo, req, max_rows=self.limits.max_rows)
         encode_started = time.perf_counter()
         out = encode_infer(resp, raw=req.binary_output)

@@ -157,6 +157,28 @@ def _flatten(data: Any, where: str, expected: int) -> list[Any]:
     return out
 
 
+def from_typed(values: Any, datatype: str, shape: list[int],
+               where: str) -> npt.NDArray[Any]:
+    """A gRPC typed `contents` field (already typed by protobuf: no per-element checks in
+    Python) as an array of `datatype`; narrower integer types are range-checked."""
+    expected = element_count(shape)
+    if len(values) != expected:
+        raise invalid(f"{where}: data has {len(values)} elements but shape {shape} "
+                      f"needs {expected}")
+    dtype = NUMPY_DTYPES[datatype]
+    if datatype.startswith(("INT", "UINT")):
+        wide = np.asarray(values, dtype=np.uint64 if datatype == "UINT64" else np.int64)
+        info = np.iinfo(dtype)
+        bad = (wide < info.min) | (wide > info.max)
+        if bad.any():
+            i = int(np.argmax(bad))
+            raise invalid(f"{where}: contents[{i}] = {wide[i]} is out of range for {datatype}")
+        return wide.astype(dtype).reshape(shape)
+    if datatype == "BOOL":
+        return np.asarray(values, dtype=np.bool_).reshape(shape)
+    return np.asarray(values, dtype=dtype).reshape(shape)
+
+
 def from_raw(buf: bytes | memoryview, datatype: str, shape: list[int],
              where: str) -> npt.NDArray[Any]:
     """Row-major little-endian raw bytes (binary extension / gRPC raw contents) as an array."""

@@ -13,13 +13,17 @@ class ModelrailError(Exception):
 
     exit_code = 1
 
-    def __init__(self, what: str, *, where: str | None = None, accepted: str | None = None):
+    def __init__(self, what: str, *, where: str | None = None, accepted: str | None = None,
+                 repair: str | None = None):
         self.what = what
         self.where = where
         self.accepted = accepted
+        self.repair = repair
         parts = [f"{where}: {what}" if where else what]
         if accepted:
             parts.append(f"accepted: {accepted}")
+        if repair:
+            parts.append(f"to repair: {repair}")
         super().__init__("; ".join(parts))
 
 
@@ -57,3 +61,30 @@ class IntegrityError(ModelrailError):
     """A stored file's sha256 does not match the one recorded when it was registered."""
 
     exit_code = 6
+
+
+class CorruptStateError(IntegrityError):
+    """A file modelrail wrote earlier (rollout state, model card, sample) is torn, is not
+    valid JSON, or has the wrong shape. `where` is the file; `repair` says how to recover
+    (remove the rollout folder, restore the file, register again, …)."""
+
+    def __init__(self, what: str, *, where: str, repair: str) -> None:
+        super().__init__(what, where=where, repair=repair)
+
+    def to_dict(self) -> dict[str, str | None]:
+        """For JSON output: which file, what is wrong with it, how to repair it."""
+        return {"file": self.where, "reason": self.what, "repair": self.repair}
+
+
+def describe_invalid(exc: Exception, *, limit: int = 3) -> str:
+    """One line saying why a file did not parse or validate: pydantic's errors by field
+    (`status.phase: Input should be …`), else the exception's own message."""
+    errors = getattr(exc, "errors", None)
+    if not callable(errors):
+        return str(exc) or type(exc).__name__
+    items = list(errors())
+    parts = [(f"{'.'.join(str(p) for p in e['loc'])}: " if e.get("loc") else "")
+             + str(e.get("msg")) for e in items[:limit]]
+    if len(items) > limit:
+        parts.append(f"and {len(items) - limit} more")
+    return "; ".join(parts)

@@ -126,6 +126,7 @@ def test_exit_codes(env: dict[str, str], iris_files: Any, tmp_path: Path) -> Non
     # invalid input -> exit 2, no traceback
     for args in (["model", "show", "iris:latest"], ["model", "show", "iris"],
                  [*base, "--version", "Bad Version"],
+                 [*base, "--version", "latest"],  # reserved: BentoML's alias for newest
                  ["model", "register", str(tmp_path / "nope.joblib"), "--data", str(data),
                   "--name", "x", "--version", "1"],
                  ["model", "register", str(data), "--data", str(data), "--name", "x",

@@ -4,8 +4,9 @@ Each command group lives in its own module (model.py, demo.py, …) exposing
 `add_parser(subparsers)`; handlers return an exit code. Errors derived from
 `ModelrailError` print as one actionable message and exit with that error's code:
   0 ok · 1 unexpected failure · 2 invalid input or not found · 3 conversion error ·
-  4 parity gate failed · 5 version conflict · 6 integrity (sha256) mismatch ·
-  7 packaging (wheel or bentoml build) failed · 8 environments drift apart ·
+  4 parity gate failed · 5 version conflict · 6 integrity (a sha256 mismatch, or a stored
+  file torn or corrupt: CorruptStateError) · 7 packaging (wheel or bentoml build) failed ·
+  8 environments drift apart ·
   9 rollout rolled back · 10 rollout timed out · 11 rollout aborted · 12 environment not up
 """
 

@@ -4,7 +4,10 @@ up      validate the stack file, check its models are registered, start the envi
         controller in the background (platforms/daemon.py) and wait until every stable
         instance is ready; idempotent (an environment already up is left alone; one whose
         controller died is adopted, rollouts resume)
-status  the controller, the proxy's endpoints, each model's stable and canary tracks
+status  the controller, the proxy's endpoints, each model's stable and canary tracks, and
+        any rollout whose files cannot be read (on stderr, and as `unreadable_rollouts` in
+        -o json); the exit code is about the environment (0 Ready, 12 not up): an unreadable
+        rollout is isolated by the controller and does not make the environment fail
 down    abort running rollouts (traffic back to stable) and stop everything
 """
 
@@ -128,9 +131,14 @@ def _status(args: argparse.Namespace) -> int:
     store = EnvStore(args.env, args.state_dir)
     info = store.read_env()
     alive = store.daemon_alive()
+    unreadable = store.unreadable()
+    bad = {r.id for r, _ in unreadable}
     if getattr(args, "output", "text") == "json":
         print_json({**(info or {"env": args.env, "phase": "Down"}), "controller_alive": alive,
-                    "rollouts": [_rollout_brief(r) for r in store.rollouts()[-10:]]})
+                    "rollouts": [_rollout_brief(r) for r in store.rollouts()[-10:]
+                                 if r.id not in bad],
+                    "unreadable_rollouts": [{"id": r.id, **exc.to_dict()}
+                                            for r, exc in unreadable]})
     elif info is None:
         print(f"environment {args.env}: not up (start it with: modelrail env up {args.env})")
     else:
@@ -144,10 +152,15 @@ def _status(args: argparse.Namespace) -> int:
                 for name, m in info.get("models", {}).items()]
         if rows:
             print(table(("MODEL", "STABLE", "N", "CANARY", "N", "CANARY WEIGHT"), rows))
-        active = store.active()
-        for r in active:
+        for r in store.active():
+            if r.id in bad:
+                continue
             b = _rollout_brief(r)
             print(f"  rollout {b['id']}: {b['phase']} at {b['weight']}% — {b['message']}")
+    if getattr(args, "output", "text") != "json":
+        for r, exc in unreadable:
+            print(f"modelrail: error: rollout {r.id} is unreadable, the controller skips it: "
+                  f"{exc}", file=sys.stderr)
     if not alive or (info or {}).get("phase") != "Ready":
         return EnvironmentDownError.exit_code
     return 0
@@ -159,8 +172,8 @@ def _rollout_brief(files: Any) -> dict[str, Any]:
 
 
 def _down(args: argparse.Namespace) -> int:
-    from modelrail.rollout.platforms.local import LocalEnvironment
-    from modelrail.rollout.store import EnvStore, read_json, write_json
+    from modelrail.rollout.platforms.daemon import adopt_plane
+    from modelrail.rollout.store import EnvStore, write_json
 
     store = EnvStore(args.env, args.state_dir)
     info = store.read_env()
@@ -176,7 +189,7 @@ def _down(args: argparse.Namespace) -> int:
         if store.daemon_alive():
             os.kill(pid, signal.SIGKILL)
     if store.plane_file.exists():  # the controller was dead: stop what it left running
-        LocalEnvironment.adopt(read_json(store.plane_file), start_router=False).stop()
+        adopt_plane(store, start_router=False).stop()
         store.plane_file.unlink()
         write_json(store.env_file, {**(info or {}), "env": args.env, "pid": None,
                                     "phase": "Stopped", "message": "stopped by env down"})

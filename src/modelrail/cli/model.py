@@ -1,16 +1,23 @@
 """`modelrail model …`: train examples, register (convert + parity gate), list, show, verify.
 
 Thin: parses flags, calls modelrail.models, prints text or JSON.
+
+`list` shows every readable card; a card file that is torn or malformed does not hide the
+others: each is reported on stderr (with -o json, as one JSON object
+{"unreadable": [{"file", "reason", "repair"}, …]} so stdout stays the array of cards) and
+the exit code is 6 (integrity: a stored file is damaged).
 """
 
 from __future__ import annotations
 
 import argparse
+import json
+import sys
 from pathlib import Path
 from typing import Any
 
 from modelrail.cli.output import add_output_flag, print_json, table
-from modelrail.errors import IntegrityError
+from modelrail.errors import CorruptStateError, IntegrityError
 from modelrail.models.card import ModelCard, parse_ref
 from modelrail.models.registry import ENV_VAR, Registry, parse_registry_flag
 
@@ -85,17 +92,23 @@ def _register(args: argparse.Namespace) -> int:
 
 
 def _list(args: argparse.Namespace) -> int:
-    cards = parse_registry_flag(args.registry).list()
+    cards, unreadable = parse_registry_flag(args.registry).scan()
     if args.output == "json":
         print_json([c.model_dump(mode="json") for c in cards])
-        return 0
-    if not cards:
+        if unreadable:
+            print(json.dumps({"unreadable": [e.to_dict() for e in unreadable]}, indent=2),
+                  file=sys.stderr)
+    elif not cards and not unreadable:
         print("no models registered")
-        return 0
-    print(table(("MODEL", "TASK", "ESTIMATOR", "SHA256", "METRIC", "PARITY MAX |DIFF|"),
-                [(c.ref, c.task, c.estimator, c.sha256[:12], headline_metric(c),
-                  f"{c.parity.max_abs_diff:.1e}") for c in cards]))
-    return 0
+    else:
+        if cards:
+            print(table(("MODEL", "TASK", "ESTIMATOR", "SHA256", "METRIC",
+                         "PARITY MAX |DIFF|"),
+                        [(c.ref, c.task, c.estimator, c.sha256[:12], headline_metric(c),
+                          f"{c.parity.max_abs_diff:.1e}") for c in cards]))
+        for exc in unreadable:
+            print(f"modelrail: error: {exc}", file=sys.stderr)
+    return CorruptStateError.exit_code if unreadable else 0
 
 
 def headline_metric(card: ModelCard) -> str:

@@ -12,7 +12,10 @@ report   a self-contained HTML page with charts (viewable offline)
 With --kube the same commands act on the ModelRollout in a cluster (cli/kube.py).
 
 Exit codes: 0 promoted · 9 rolled back · 10 timed out (progress deadline, or --timeout while
-waiting) · 11 aborted · 2 invalid input · 12 environment not up.
+waiting) · 11 aborted · 2 invalid input · 12 environment not up · 6 a state file of the
+rollout is torn or corrupt (the message names it and how to repair it; `report --all`
+still writes the readable rollouts). Followers (--watch, --wait) retry an unreadable read
+for READ_GRACE_SECONDS before giving up.
 """
 
 from __future__ import annotations
@@ -21,16 +24,22 @@ import argparse
 import json
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from modelrail.cli import kube as kube_cli
 from modelrail.cli.localenv import add_common
 from modelrail.cli.output import add_output_flag, print_json, table
-from modelrail.errors import InvalidInputError
+from modelrail.errors import CorruptStateError, InvalidInputError
 
 EXIT_ROLLED_BACK, EXIT_TIMED_OUT, EXIT_ABORTED = 9, 10, 11
+# a follower meeting a file it cannot read retries this long before calling it corrupt: it
+# may be a copy being restored, a disk hiccup, or a writer on a file system without
+# atomic rename
+READ_GRACE_SECONDS = 5.0
+T = TypeVar("T")
 PHASE_EXIT = {"Succeeded": 0, "RolledBack": EXIT_ROLLED_BACK, "Failed": EXIT_TIMED_OUT,
               "Aborted": EXIT_ABORTED}
 
@@ -114,7 +123,17 @@ def _need_env(args: argparse.Namespace) -> None:
 def _which(p: argparse.ArgumentParser) -> None:
     p.add_argument("--model", default=None, metavar="NAME",
                    help="the latest rollout of this model (default: the latest of any)")
-    p.add_argument("--id", default=None, help="a rollout id (from start or status)")
+    p.add_argument("--id", default=None, type=_rollout_id,
+                   help="a rollout id (from start or status)")
+
+
+def _rollout_id(value: str) -> str:
+    from modelrail.rollout.store import check_rollout_id
+
+    try:
+        return check_rollout_id(value)
+    except InvalidInputError as exc:  # argparse reports it as a usage error (exit 2)
+        raise argparse.ArgumentTypeError(f"{exc.what}; accepted: {exc.accepted}") from None
 
 
 # --- start ---------------------------------------------------------------------------------
@@ -165,7 +184,7 @@ def _start(args: argparse.Namespace) -> int:
         "options": {"interval": args.interval, "load_users": args.load_users,
                     "grpc_load": not args.no_grpc_load}})
     deadline = time.monotonic() + 20
-    while files.read_status() is None and time.monotonic() < deadline:
+    while _patiently(files.read_status) is None and time.monotonic() < deadline:
         time.sleep(0.2)  # the controller picks a request up within a second
     if args.output == "text":
         print(f"rollout {files.id}: {name} {stable} -> {version} in {args.env}, steps "
@@ -244,12 +263,25 @@ def _summary(files: Any) -> dict[str, Any]:
     return summary
 
 
+def _patiently(read: Callable[[], T]) -> T:
+    """`read()`, retried for READ_GRACE_SECONDS while it meets an unreadable file; after
+    that the CorruptStateError (naming the file and the repair) stands."""
+    give_up = time.monotonic() + READ_GRACE_SECONDS
+    while True:
+        try:
+            return read()
+        except CorruptStateError:
+            if time.monotonic() >= give_up:
+                raise
+            time.sleep(0.2)
+
+
 def _follow(files: Any, output: str, timeout: float) -> int:
     started = time.monotonic()
     last = None
     code: int
     while True:
-        summary = _summary(files)
+        summary = _patiently(lambda: _summary(files))
         line = (summary["phase"], summary["weight"], summary["message"])
         if output == "text" and line != last:
             print(f"[{time.monotonic() - started:6.1f}s] {summary['phase']:<12} canary "
@@ -329,7 +361,15 @@ def _history(args: argparse.Namespace) -> int:
     _need_env(args)
     store = EnvStore(args.env, args.state_dir)
     ids = None if args.all else {store.find(args.id, args.model).id}
-    entries = [e for e in read_jsonl(store.audit_file) if ids is None or e["rollout"] in ids]
+    entries, bad = [], 0
+    for e in read_jsonl(store.audit_file):
+        if not _audit_entry_ok(e):
+            bad += 1
+        elif ids is None or e["rollout"] in ids:
+            entries.append(e)
+    if bad:
+        print(f"modelrail: warning: {bad} line(s) of {store.audit_file} have the wrong shape "
+              "and were left out", file=sys.stderr)
     if args.output == "json":
         print_json(entries)
         return 0
@@ -342,6 +382,17 @@ def _history(args: argparse.Namespace) -> int:
         print(f"stable {e['model']}:{e['stable']['version']} sha256 {e['stable']['sha256']}")
         print(f"canary {e['model']}:{e['canary']['version']} sha256 {e['canary']['sha256']}")
     return 0
+
+
+def _audit_entry_ok(e: dict[str, Any]) -> bool:
+    """An audit line has what `history` prints (written by local_controller._audit)."""
+    text = ("rollout", "from", "to", "action", "message", "model")
+    return (all(isinstance(e.get(k), str) for k in text)
+            and isinstance(e.get("at"), int | float) and isinstance(e.get("weight"), int)
+            and all(isinstance(e.get(t), dict) and isinstance(e[t].get("version"), str)
+                    for t in ("stable", "canary"))
+            and isinstance(e.get("measurements") or {}, dict)
+            and isinstance(e.get("checks") or [], list))
 
 
 def _evidence(e: dict[str, Any]) -> str:
@@ -367,10 +418,18 @@ def _report(args: argparse.Namespace) -> int:
     _need_env(args)
     store = EnvStore(args.env, args.state_dir)
     rollouts = store.rollouts() if args.all else [store.find(args.id, args.model)]
+    problems = {r.id: p for r in rollouts if (p := r.problem()) is not None}
+    if not args.all and problems:
+        raise next(iter(problems.values()))  # the one rollout asked for cannot be read
     out = args.out or store.root / "report.html"
     write_report(out, [(store, r) for r in rollouts], title=f"modelrail rollouts — {args.env}")
+    readable = [r.id for r in rollouts if r.id not in problems]
     if args.output == "json":
-        print_json({"report": str(out), "rollouts": [r.id for r in rollouts]})
+        print_json({"report": str(out), "rollouts": readable,
+                    "unreadable": [{"id": rid, **p.to_dict()} for rid, p in problems.items()]})
     else:
-        print(f"wrote {out} ({len(rollouts)} rollout{'s' if len(rollouts) != 1 else ''})")
-    return 0
+        print(f"wrote {out} ({len(readable)} rollout{'s' if len(readable) != 1 else ''})")
+    for p in problems.values():
+        print(f"modelrail: error: rollout unreadable (so marked in the report): {p}",
+              file=sys.stderr)
+    return CorruptStateError.exit_code if problems else 0

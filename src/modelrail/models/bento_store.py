@@ -2,7 +2,8 @@
 
 Registering a model also saves it here under the pinned tag `name:version` (never
 `:latest`), holding `model.onnx` and `card.json`, so `bentoml build` can package an exact
-version. The store's location is BentoML's own (`BENTOML_HOME`, default ~/bentoml).
+version. The store's location is BentoML's own (`BENTOML_HOME`, default ~/bentoml). Both
+files are written durably (durable.py) and the card is validated when read back.
 """
 
 from __future__ import annotations
@@ -11,7 +12,14 @@ import hashlib
 from pathlib import Path
 
 import modelrail  # noqa: F401  # BENTOML_DO_NOT_TRACK before bentoml loads
-from modelrail.errors import ConflictError, IntegrityError, NotFoundError
+from modelrail.durable import atomic_write_bytes, atomic_write_text, fsync_tree
+from modelrail.errors import (
+    ConflictError,
+    CorruptStateError,
+    IntegrityError,
+    NotFoundError,
+    describe_invalid,
+)
 from modelrail.models.card import ModelCard
 
 ONNX_FILE = "model.onnx"
@@ -46,8 +54,10 @@ def save(card: ModelCard, onnx_bytes: bytes) -> str:
         metadata={"sha256": card.sha256, "estimator": card.estimator,
                   "source": "modelrail registry"},
     ) as model:
-        Path(model.path_of(ONNX_FILE)).write_bytes(onnx_bytes)
-        Path(model.path_of(CARD_FILE)).write_text(card.model_dump_json(indent=2))
+        atomic_write_bytes(Path(model.path_of(ONNX_FILE)), onnx_bytes)
+        atomic_write_text(Path(model.path_of(CARD_FILE)), card.model_dump_json(indent=2))
+    # BentoML copies that folder into its store on leaving the block: make the copy durable
+    fsync_tree(Path(bentoml.models.get(tag).path))
     return tag
 
 
@@ -74,7 +84,20 @@ def load(tag: str) -> tuple[ModelCard, bytes]:
     except NotFound as exc:
         raise NotFoundError(f"no model {tag} in BentoML's model store", where="bentoml",
                             accepted="a tag saved by `modelrail model register`") from exc
-    card = ModelCard.model_validate_json(Path(model.path_of(CARD_FILE)).read_text())
+    card_path = Path(model.path_of(CARD_FILE))
+    try:
+        card = ModelCard.model_validate_json(card_path.read_bytes())
+    except (OSError, ValueError) as exc:
+        raise CorruptStateError(
+            f"the model card BentoML holds for {tag} is unreadable: {describe_invalid(exc)}",
+            where=str(card_path),
+            repair=f"delete the copy (bentoml models delete {tag}) and register the model "
+                   "again from the registry") from None
+    if tag_of(card) != tag:
+        raise CorruptStateError(f"the model card BentoML holds for {tag} says it is "
+                                f"{tag_of(card)}", where=str(card_path),
+                                repair=f"delete the copy (bentoml models delete {tag}) and "
+                                       "register the model again")
     data = Path(model.path_of(ONNX_FILE)).read_bytes()
     check_bytes(card, data, where=f"bentoml model {tag} ({model.path_of(ONNX_FILE)})")
     return card, data

@@ -74,6 +74,8 @@ def register_estimator(*, estimator: Any, split: Split, name: str, version: str,
                        registry: Registry, source_sha256: str, onnx_bytes: bytes | None = None,
                        save_to_bentoml: bool = True) -> Registered:
     """The in-memory form of `register_model` (used by the demo and tests)."""
+    check_name(name)  # the rule every lookup applies: a version no lookup accepts (e.g.
+    check_version(version)  # 'latest') must never be registered in the first place
     expected = getattr(estimator, "n_features_in_", split.n_features)
     if expected != split.n_features:
         raise InvalidInputError(

@@ -13,7 +13,8 @@ controller that restarts finds `status.seq > executed_seq` exactly when it died 
 two, and carries out that one action again (every action is idempotent) before observing
 anything — an action is never lost and, since the engine issues each action once per seq,
 never decided twice. Commands are consumed by count (`commands_seen`), so a promote or
-abort is applied once.
+abort is applied once. A status.json that cannot be read is a CorruptStateError when the
+rollout is built (store.py validates it): the daemon then skips that rollout alone.
 """
 
 from __future__ import annotations
@@ -70,10 +71,10 @@ class LocalRollout:
             self.executed_seq = 0
             self.commands_seen = 0
             self._persist()
-        else:
-            self.status = RolloutStatus.from_dict(saved["status"])
-            self.executed_seq = int(saved["executed_seq"])
-            self.commands_seen = int(saved["commands_seen"])
+        else:  # validated on read: a corrupt file raises CorruptStateError, naming it
+            self.status = saved.status
+            self.executed_seq = saved.executed_seq
+            self.commands_seen = saved.commands_seen
         self._resumed = saved is not None
 
     # --- the loop ----------------------------------------------------------------------

@@ -4,6 +4,11 @@ Per rollout: the versions and their sha256, the verdict, charts over time of the
 weight, request rate, error rate and p99 latency for stable and canary (from the analysis
 intervals in series.jsonl), the model-gate disagreement rate and the decision points (from
 the status history) drawn on every chart, then the decision table.
+
+Called by `modelrail rollout report` and the demo. Every string taken from the state files
+is HTML-escaped (`_e`) and every file is validated as it is read: a rollout whose request or
+status cannot be read gets a section saying which file and why instead of its charts, and
+series or audit lines of the wrong shape are skipped (and counted). Written durably.
 """
 
 from __future__ import annotations
@@ -11,9 +16,13 @@ from __future__ import annotations
 import html
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
-from modelrail.rollout.store import EnvStore, RolloutFiles, read_jsonl
+from pydantic import BaseModel, ConfigDict, ValidationError
+
+from modelrail.durable import atomic_write_text
+from modelrail.errors import CorruptStateError
+from modelrail.rollout.store import EnvStore, HistoryEntry, RolloutFiles, read_jsonl
 
 W, H, PAD_L, PAD_R, PAD_T, PAD_B = 640, 170, 56, 12, 18, 28
 COLORS = {"stable": "#2563eb", "canary": "#ea580c", "weight": "#16a34a", "gate": "#9333ea"}
@@ -27,13 +36,12 @@ code{font-size:12px}"""
 
 def write_report(out: Path, rollouts: list[tuple[EnvStore, RolloutFiles]], *,
                  title: str) -> Path:
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(render(rollouts, title=title))
+    atomic_write_text(out, render(rollouts, title=title))
     return out
 
 
 def render(rollouts: list[tuple[EnvStore, RolloutFiles]], *, title: str) -> str:
-    sections = [_section(store, files) for store, files in rollouts]
+    sections = [_section_or_problem(store, files) for store, files in rollouts]
     generated = time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime())
     return (f"<!doctype html><html><head><meta charset='utf-8'><title>{_e(title)}</title>"
             f"<style>{CSS}</style></head><body><h1>{_e(title)}</h1>"
@@ -42,36 +50,106 @@ def render(rollouts: list[tuple[EnvStore, RolloutFiles]], *, title: str) -> str:
             f"decisions.</p>{''.join(sections)}</body></html>")
 
 
+class _Line(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="ignore")
+
+
+class _Traffic(_Line):
+    rps: float | None = None
+    error_rate: float | None = None
+    p99_ms: float | None = None
+
+
+class _Gate(_Line):
+    compared: int
+    disagreements: int
+
+
+class _Load(_Line):
+    requests: int
+    failures: int
+
+
+L = TypeVar("L", bound=_Line)
+
+
+class _SeriesLine(_Line):
+    """One analysis interval of series.jsonl (the fields the report draws)."""
+
+    at: float
+    stable: _Traffic | None = None
+    canary: _Traffic | None = None
+    gate: _Gate | None = None
+    load: _Load | None = None
+
+
+class _Version(_Line):
+    version: str
+    sha256: str | None = None
+
+
+class _AuditLine(_Line):
+    rollout: str
+    stable: _Version
+    canary: _Version
+
+
+def _valid(model: type[L], records: list[dict[str, Any]]) -> tuple[list[L], int]:
+    """The records of the right shape, and how many were not."""
+    out: list[L] = []
+    for r in records:
+        try:
+            out.append(model.model_validate(r))
+        except ValidationError:
+            continue
+    return out, len(records) - len(out)
+
+
+def _section_or_problem(store: EnvStore, files: RolloutFiles) -> str:
+    """The rollout's section, or, if one of its files cannot be read, what is wrong."""
+    problem = files.problem()
+    if problem is None:
+        try:
+            return _section(store, files)
+        except CorruptStateError as exc:  # changed while we read it
+            problem = exc
+    return (f"<h2>{_e(files.id)} <span class='bad'>unreadable</span></h2>"
+            f"<p>{_e(problem)}</p>")
+
+
 def _section(store: EnvStore, files: RolloutFiles) -> str:
-    request = files.read_request()
-    spec = request["spec"]
-    status = (files.read_status() or {}).get("status", {})
-    series = read_jsonl(files.series)
-    audit = [e for e in read_jsonl(store.audit_file) if e.get("rollout") == files.id]
-    digests = {}
+    spec = files.read_request().spec
+    saved = files.read_status()
+    st = saved.status if saved else None
+    series, bad_series = _valid(_SeriesLine, read_jsonl(files.series))
+    audit = [a for a in _valid(_AuditLine, read_jsonl(store.audit_file))[0]
+             if a.rollout == files.id]
+    digests: dict[str, str | None] = {}
     if audit:
-        digests = {audit[-1]["stable"]["version"]: audit[-1]["stable"]["sha256"],
-                   audit[-1]["canary"]["version"]: audit[-1]["canary"]["sha256"]}
-    phase = status.get("phase", "Pending")
+        digests = {audit[-1].stable.version: audit[-1].stable.sha256,
+                   audit[-1].canary.version: audit[-1].canary.sha256}
+    phase = st.phase.value if st else "Pending"
     cls = "ok" if phase == "Succeeded" else "bad" if phase in ("RolledBack", "Failed",
                                                              "Aborted") else ""
-    t0 = float(status.get("started_at") or (series[0]["at"] if series else time.time()))
-    history = list(status.get("history", []))
-    marks = [(float(h["at"]) - t0, f"{h['action']} {h['weight']}%") for h in history]
-    t = [float(s["at"]) - t0 for s in series]
+    t0 = (st.started_at if st and st.started_at else
+          series[0].at if series else time.time())
+    history = [HistoryEntry.model_validate(h) for h in st.history] if st else []
+    marks = [(h.at - t0, f"{h.action} {h.weight}%") for h in history]
+    t = [s.at - t0 for s in series]
 
     def track(name: str, key: str, scale: float = 1.0) -> list[tuple[float, float | None]]:
         out = []
         for x, s in zip(t, series, strict=True):
-            v = (s.get(name) or {}).get(key)
+            traffic = s.stable if name == "stable" else s.canary
+            v = getattr(traffic, key) if traffic else None
             out.append((x, None if v is None else float(v) * scale))
         return out
 
-    weights = _steps([(float(h["at"]) - t0, float(h["weight"])) for h in history
-                      if h["action"] in ("set_weight", "rollback", "promote")],
+    weights = _steps([(h.at - t0, float(h.weight)) for h in history
+                      if h.action in ("set_weight", "rollback", "promote")],
                      end=max([*t, *(m[0] for m in marks), 1.0]))
-    gate = [(x, (s["gate"]["disagreements"] / s["gate"]["compared"] * 100)
-             if s.get("gate") and s["gate"]["compared"] else None)
+    gate = [(x, (s.gate.disagreements / s.gate.compared * 100)
+             if s.gate and s.gate.compared else None)
             for x, s in zip(t, series, strict=True)]
     charts = [
         _chart("canary weight (%)", {"weight": weights}, marks, y_max=100),
@@ -84,28 +162,30 @@ def _section(store: EnvStore, files: RolloutFiles) -> str:
         _chart("model gate: answers that differ (%)", {"gate": gate}, marks),
     ]
     rows = "".join(
-        f"<tr><td>{float(h['at']) - t0:.1f}s</td><td>{_e(h['from'])} → {_e(h['to'])}</td>"
-        f"<td>{_e(h['action'])}</td><td>{h['weight']}%</td><td>{_e(h['message'])}</td>"
-        f"<td>{_e(h.get('verdict') or '')}</td></tr>" for h in history)
-    gates = [s["gate"] for s in series if s.get("gate")]
-    gate_total = sum(g["compared"] for g in gates)
-    gate_diff = sum(g["disagreements"] for g in gates)
-    load = [s["load"] for s in series if s.get("load")]
-    model = spec["model"]
+        f"<tr><td>{h.at - t0:.1f}s</td><td>{_e(h.from_.value)} → {_e(h.to.value)}</td>"
+        f"<td>{_e(h.action)}</td><td>{_e(h.weight)}%</td><td>{_e(h.message)}</td>"
+        f"<td>{_e(h.verdict or '')}</td></tr>" for h in history)
+    gates = [s.gate for s in series if s.gate]
+    gate_total = sum(g.compared for g in gates)
+    gate_diff = sum(g.disagreements for g in gates)
+    load = [s.load for s in series if s.load]
+    model = spec.model
+    skipped = (f"<p class='bad'>{bad_series} line(s) of {_e(files.series)} had the wrong "
+               "shape and were left out.</p>" if bad_series else "")
     return (
-        f"<h2>{_e(files.id)}: {_e(model)} {_e(spec['stable_version'])} → "
-        f"{_e(spec['canary_version'])} <span class='{cls}'>{_e(phase)}</span></h2>"
-        f"<p>Environment <b>{_e(store.env)}</b>; steps {spec['steps']} held "
-        f"{spec['step_seconds']}s each; {status.get('message', '')}</p>"
-        f"<p>stable <code>{_e(model)}:{_e(spec['stable_version'])} sha256 "
-        f"{_e(digests.get(spec['stable_version']) or '?')}</code><br>canary "
-        f"<code>{_e(model)}:{_e(spec['canary_version'])} sha256 "
-        f"{_e(digests.get(spec['canary_version']) or '?')}</code></p>"
+        f"<h2>{_e(files.id)}: {_e(model)} {_e(spec.stable_version)} → "
+        f"{_e(spec.canary_version)} <span class='{cls}'>{_e(phase)}</span></h2>"
+        f"<p>Environment <b>{_e(store.env)}</b>; steps {_e(list(spec.steps))} held "
+        f"{_e(f'{spec.step_seconds:g}')}s each; {_e(st.message if st else '')}</p>"
+        f"<p>stable <code>{_e(model)}:{_e(spec.stable_version)} sha256 "
+        f"{_e(digests.get(spec.stable_version) or '?')}</code><br>canary "
+        f"<code>{_e(model)}:{_e(spec.canary_version)} sha256 "
+        f"{_e(digests.get(spec.canary_version) or '?')}</code></p>"
         f"<p>Model gate over the rollout: {gate_diff} of {gate_total} replayed answers "
         f"differed ({(gate_diff / gate_total * 100) if gate_total else 0:.1f}%, limit "
-        f"{spec['thresholds']['max_label_disagreement'] * 100:.1f}%). Locust: "
-        f"{sum(x['requests'] for x in load)} requests, {sum(x['failures'] for x in load)} "
-        f"failed, over {len(load)} analysis intervals.</p>"
+        f"{spec.thresholds.max_label_disagreement * 100:.1f}%). Locust: "
+        f"{sum(x.requests for x in load)} requests, {sum(x.failures for x in load)} "
+        f"failed, over {len(load)} analysis intervals.</p>{skipped}"
         f"<div class='grid'>{''.join(charts)}</div>"
         f"<table><tr><th>t</th><th>phase</th><th>action</th><th>weight</th><th>message</th>"
         f"<th>verdict</th></tr>{rows}</table>")

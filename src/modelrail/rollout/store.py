@@ -13,8 +13,14 @@
         series.jsonl      one line of measurements per analysis interval           (daemon)
 
 Each file has one writer, like a Kubernetes resource's spec (CLI) and status (controller);
-whole files are replaced atomically, logs are appended line by line. The default state dir
-is ./.modelrail/envs (MODELRAIL_STATE_DIR overrides it; --state-dir on the CLI).
+whole files are replaced atomically and fsynced, logs are appended line by line and fsynced
+(durable.py). The default state dir is ./.modelrail/envs (MODELRAIL_STATE_DIR overrides it;
+--state-dir on the CLI).
+
+Everything read back is validated like user input: a file that is torn, is not JSON or has
+the wrong shape raises CorruptStateError naming the file, what is wrong and how to repair
+it; a torn or malformed line of a .jsonl log is skipped. Rollout ids are checked against
+ROLLOUT_ID_RE before they become a path.
 """
 
 from __future__ import annotations
@@ -25,52 +31,189 @@ import re
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any, Literal, TypeVar
 
-from modelrail.errors import InvalidInputError, NotFoundError
-from modelrail.rollout.spec import RolloutSpec, RolloutStatus
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from modelrail.durable import append_line, atomic_write_json
+from modelrail.errors import CorruptStateError, InvalidInputError, NotFoundError, describe_invalid
+from modelrail.models.card import name_problem, version_problem
+from modelrail.rollout.spec import Phase, RolloutSpec, RolloutStatus
 from modelrail.serving.process import pid_alive
 
 _ENV_RE = re.compile(r"^[a-z0-9]([-a-z0-9]{0,30}[a-z0-9])?$")
+# what new_rollout makes: a UTC timestamp, the model name and the version (+ "-n")
+ROLLOUT_ID_RE = re.compile(r"^[0-9]{8}T[0-9]{6}-[a-z0-9][-._a-z0-9]{0,160}$")
+ROLLOUT_ID_ACCEPTED = ("an id as `rollout start` prints it: YYYYMMDDTHHMMSS-<model>-<version>, "
+                       "lowercase letters, digits, '-', '.' and '_'")
 
 
 def default_state_dir() -> Path:
     return Path(os.environ.get("MODELRAIL_STATE_DIR") or Path.cwd() / ".modelrail" / "envs")
 
 
+def check_rollout_id(value: str) -> str:
+    """`value` if it is a well-formed rollout id (safe as a folder name), else an error."""
+    if not ROLLOUT_ID_RE.fullmatch(value):
+        raise InvalidInputError(f"invalid rollout id {value[:200]!r}", where="--id",
+                                accepted=ROLLOUT_ID_ACCEPTED)
+    return value
+
+
 def write_json(path: Path, data: Any) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(json.dumps(data, indent=2))
-    tmp.replace(path)
+    atomic_write_json(path, data)
 
 
-def read_json(path: Path) -> Any:
-    return json.loads(path.read_text())
+def read_json(path: Path, *, repair: str) -> Any:
+    """A JSON document, or CorruptStateError naming the file and saying how to `repair`."""
+    try:
+        return json.loads(path.read_bytes())
+    except ValueError as exc:  # JSONDecodeError, UnicodeDecodeError
+        raise CorruptStateError(f"{path.name} is not valid JSON ({describe_invalid(exc)})",
+                                where=str(path), repair=repair) from None
+
+
+M = TypeVar("M", bound=BaseModel)
+
+
+def read_model(path: Path, model: type[M], *, repair: str) -> M:
+    """A JSON document validated by `model`; any defect is a CorruptStateError."""
+    try:
+        return model.model_validate_json(path.read_bytes())
+    except ValueError as exc:  # pydantic's ValidationError (torn JSON too), UnicodeError
+        raise CorruptStateError(f"{path.name} is unreadable: {describe_invalid(exc)}",
+                                where=str(path), repair=repair) from None
 
 
 def append_jsonl(path: Path, record: dict[str, Any]) -> None:
     """One line per record, written with a single O_APPEND write (whole lines only)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    line = (json.dumps(record, separators=(",", ":")) + "\n").encode()
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
-    try:
-        os.write(fd, line)
-    finally:
-        os.close(fd)
+    append_line(path, (json.dumps(record, separators=(",", ":")) + "\n").encode())
 
 
 def read_jsonl(path: Path) -> list[dict[str, Any]]:
+    """The log's records; a line that is not a JSON object (the torn last line of a crashed
+    writer, or damage) is skipped so the rest stays readable."""
     if not path.exists():
         return []
     out = []
-    for line in path.read_text().splitlines():
+    for line in path.read_bytes().splitlines():
         if line.strip():
             try:
-                out.append(json.loads(line))
-            except json.JSONDecodeError:
-                continue  # a torn last line of a crashed writer: skip it, keep the rest
+                record = json.loads(line)
+            except ValueError:
+                continue
+            if isinstance(record, dict):
+                out.append(record)
     return out
+
+
+# --- the shapes of the files, validated on every read -------------------------------------
+class _File(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="ignore", populate_by_name=True)
+
+
+Weight = Annotated[int, Field(ge=0, le=100)]
+Row = Annotated[list[Annotated[float, Field(allow_inf_nan=False)]], Field(min_length=1)]
+
+
+class HistoryEntry(_File):
+    """One line of RolloutStatus.history, as engine.decide writes it."""
+
+    seq: int = Field(ge=0)
+    at: float
+    from_: Phase = Field(alias="from")
+    to: Phase
+    action: str
+    weight: Weight
+    message: str
+    verdict: str | None = None
+
+
+class SavedStatus(_File):
+    """status.json: where the rollout stands and which action the controller carried out."""
+
+    id: str
+    status: RolloutStatus
+    executed_seq: int = Field(ge=0)
+    commands_seen: int = Field(ge=0)
+    updated_at: float | None = None
+
+    @model_validator(mode="after")
+    def _consistent(self) -> SavedStatus:
+        st = self.status
+        if not 0 <= st.weight <= 100 or st.seq < 0:
+            raise ValueError(f"status: weight {st.weight} / seq {st.seq} out of range "
+                             "(weight 0..100, seq >= 0)")
+        for n, entry in enumerate(st.history):
+            try:
+                HistoryEntry.model_validate(entry)
+            except ValidationError as exc:
+                raise ValueError(f"status.history[{n}]: {describe_invalid(exc)}") from None
+        return self
+
+
+class RequestOptions(_File):
+    interval: float = Field(default=3.0, gt=0)
+    load_users: int = Field(default=2, ge=1)
+    grpc_load: bool = True
+
+
+class RolloutRequest(_File):
+    """request.json: what the CLI asked for."""
+
+    id: str
+    env: str
+    spec: RolloutSpec
+    task: Literal["classification", "regression"]
+    created_at: float | None = None
+    options: RequestOptions = RequestOptions()
+
+    @model_validator(mode="after")
+    def _identifiers(self) -> RolloutRequest:
+        s = self.spec
+        for problem in (name_problem(s.model), version_problem(s.stable_version),
+                        version_problem(s.canary_version)):
+            if problem:
+                raise ValueError(f"spec: {problem}")
+        if not s.steps or any(not 0 < w <= 100 for w in s.steps) or any(
+                a >= b for a, b in zip(s.steps, s.steps[1:], strict=False)):
+            raise ValueError(f"spec.steps {list(s.steps)}: weights 1..100, strictly "
+                             "increasing")
+        return self
+
+
+class SampleFile(_File):
+    """sample.json: the validation rows, all of one width."""
+
+    rows: list[Row] = Field(min_length=1)
+
+    @model_validator(mode="after")
+    def _rectangular(self) -> SampleFile:
+        if len({len(r) for r in self.rows}) != 1:
+            raise ValueError("rows: every row must have the same number of features")
+        return self
+
+
+class ModelTracks(_File):
+    stable: str | None = None
+    stable_instances: int = Field(default=0, ge=0)
+    canary: str | None = None
+    canary_instances: int = Field(default=0, ge=0)
+    canary_weight: Weight = 0
+
+
+class EnvInfo(_File):
+    """env.json: what the controller publishes (or `env down` leaves behind)."""
+
+    env: str
+    phase: str
+    pid: int | None = None
+    message: str = ""
+    project: str | None = None
+    http: str | None = None
+    proxy_api: str | None = None
+    grpc: dict[str, str] | None = None
+    models: dict[str, ModelTracks] = {}
 
 
 @dataclass(frozen=True)
@@ -101,42 +244,64 @@ class RolloutFiles:
     def series(self) -> Path:
         return self.dir / "series.jsonl"
 
-    def read_request(self) -> dict[str, Any]:
-        data: dict[str, Any] = read_json(self.request)
-        return data
+    @property
+    def repair(self) -> str:
+        """How to recover from one of this rollout's files being corrupt."""
+        return (f"restore the file from a backup, or remove the rollout folder {self.dir} "
+                "(its decisions stay in the environment's audit.jsonl); until then the "
+                "environment's controller skips this rollout")
+
+    def read_request(self) -> RolloutRequest:
+        return read_model(self.request, RolloutRequest, repair=self.repair)
 
     def spec(self) -> RolloutSpec:
-        return RolloutSpec.from_dict(self.read_request()["spec"])
+        return self.read_request().spec
 
-    def read_status(self) -> dict[str, Any] | None:
-        """{"status": RolloutStatus dict, "executed_seq": int, "commands_seen": int, …}"""
+    def read_sample(self) -> list[list[float]]:
+        return read_model(self.sample, SampleFile, repair=self.repair).rows
+
+    def read_status(self) -> SavedStatus | None:
+        """The saved status; None before the controller first wrote it."""
         if not self.status.exists():
             return None
-        data: dict[str, Any] = read_json(self.status)
-        return data
+        try:
+            return read_model(self.status, SavedStatus, repair=self.repair)
+        except FileNotFoundError:  # the folder was removed while we looked
+            return None
 
     def rollout_status(self) -> RolloutStatus | None:
-        data = self.read_status()
-        return RolloutStatus.from_dict(data["status"]) if data else None
+        saved = self.read_status()
+        return saved.status if saved else None
 
     def summary(self) -> dict[str, Any]:
         """Where the rollout stands, for the CLI; `done` once it ended *and* its last action
         (e.g. the rollback of an abort) was carried out."""
         saved = self.read_status()
-        st = RolloutStatus.from_dict(saved["status"]) if saved else None
-        spec = self.read_request()["spec"]
-        return {"id": self.id, "model": spec["model"], "stable": spec["stable_version"],
-                "canary": spec["canary_version"],
+        st = saved.status if saved else None
+        spec = self.read_request().spec
+        return {"id": self.id, "model": spec.model, "stable": spec.stable_version,
+                "canary": spec.canary_version,
                 "phase": st.phase.value if st else "Pending", "weight": st.weight if st else 0,
                 "message": st.message if st else "waiting for the environment's controller",
                 "done": bool(st and st.phase.terminal
-                             and saved and saved.get("executed_seq", 0) >= st.seq),
+                             and saved and saved.executed_seq >= st.seq),
                 "started_at": st.started_at if st else None,
                 "history": list(st.history) if st else []}
 
     def terminal(self) -> bool:
         st = self.rollout_status()
         return st is not None and st.phase.terminal
+
+    def problem(self) -> CorruptStateError | None:
+        """Why this rollout cannot be read (its request, status or sample), or None."""
+        try:
+            self.read_request()
+            self.read_status()
+            if self.sample.exists():
+                self.read_sample()
+        except CorruptStateError as exc:
+            return exc
+        return None
 
 
 class EnvStore:
@@ -158,10 +323,19 @@ class EnvStore:
     run_dir = property(lambda self: self.root / "run")
 
     def read_env(self) -> dict[str, Any] | None:
+        """env.json as published (validated against EnvInfo), or None if there is none."""
         if not self.env_file.exists():
             return None
-        data: dict[str, Any] = read_json(self.env_file)
-        return data
+        repair = (f"remove {self.env_file} (the environment's controller writes it anew "
+                  f"every second), then: modelrail env up {self.env}")
+        data = read_json(self.env_file, repair=repair)
+        try:
+            EnvInfo.model_validate(data)
+        except ValueError as exc:
+            raise CorruptStateError(f"env.json is unreadable: {describe_invalid(exc)}",
+                                    where=str(self.env_file), repair=repair) from None
+        info: dict[str, Any] = data
+        return info
 
     def daemon_alive(self) -> bool:
         info = self.read_env()
@@ -198,22 +372,31 @@ class EnvStore:
         raise InvalidInputError("too many rollouts started this second", where=str(base))
 
     def rollouts(self, model: str | None = None) -> list[RolloutFiles]:
-        """All rollouts, oldest first (ids start with a UTC timestamp)."""
+        """All rollouts, oldest first (ids start with a UTC timestamp). With `model`, only
+        that model's: a rollout whose request is unreadable belongs to no model (see
+        `unreadable`)."""
         if not self.rollouts_dir.is_dir():
             return []
         found = [RolloutFiles(d) for d in sorted(self.rollouts_dir.iterdir())
-                 if (d / "request.json").exists()]
+                 if ROLLOUT_ID_RE.fullmatch(d.name) and (d / "request.json").exists()]
         if model is not None:
-            found = [r for r in found if r.read_request()["spec"]["model"] == model]
+            found = [r for r in found if _model_of(r) == model]
         return found
 
     def active(self, model: str | None = None) -> list[RolloutFiles]:
-        return [r for r in self.rollouts(model) if not r.terminal()]
+        """Rollouts not ended yet; unreadable ones are left out (the controller skips them
+        too; `unreadable` lists them)."""
+        return [r for r in self.rollouts(model) if _running(r)]
+
+    def unreadable(self) -> list[tuple[RolloutFiles, CorruptStateError]]:
+        """Every rollout with a torn or malformed file, and what is wrong with it."""
+        found = [(r, r.problem()) for r in self.rollouts()]
+        return [(r, p) for r, p in found if p is not None]
 
     def find(self, rollout_id: str | None, model: str | None) -> RolloutFiles:
         """One rollout: by id, else the latest (of `model`, if given)."""
         if rollout_id:
-            r = RolloutFiles(self.rollouts_dir / rollout_id)
+            r = RolloutFiles(self.rollouts_dir / check_rollout_id(rollout_id))
             if not r.request.exists():
                 known = [x.id for x in self.rollouts()][-5:]
                 raise NotFoundError(f"no rollout {rollout_id!r} in {self.env}",
@@ -227,6 +410,20 @@ class EnvStore:
                                 accepted=f"start one: modelrail rollout start --env {self.env} "
                                          "--model NAME:VERSION")
         return found[-1]
+
+
+def _model_of(files: RolloutFiles) -> str | None:
+    try:
+        return files.spec().model
+    except CorruptStateError:
+        return None
+
+
+def _running(files: RolloutFiles) -> bool:
+    try:
+        return not files.terminal()
+    except CorruptStateError:
+        return False
 
 
 class EnvironmentDownError(NotFoundError):

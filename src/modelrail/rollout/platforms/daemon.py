@@ -8,7 +8,9 @@ workers, autoscaling bounds), then loops once a second:
     algorithm (autoscaler.py); the canary is sized by its weight, stable keeps its own
     bounds;
   - rollouts: every rollout request under rollouts/ that is not finished gets a worker
-    thread running the local rollout controller until it ends;
+    thread running the local rollout controller until it ends; a rollout whose files
+    cannot be read (torn, malformed) or that cannot be set up is skipped alone, logged once
+    with the file and the reason, and picked up again once it can be read;
   - publish: env.json (for `env status` and the CLI) and plane.json (to re-adopt).
 
 Killed (even with SIGKILL), it leaves the instances and the proxy serving; started again,
@@ -34,6 +36,7 @@ from typing import Any
 import httpx
 import numpy as np
 
+from modelrail.errors import CorruptStateError
 from modelrail.infra.config import StackConfig, load_stack
 from modelrail.models.registry import Registry
 from modelrail.rollout.autoscaler import (
@@ -77,6 +80,7 @@ class Daemon:
         self.workers: dict[str, threading.Thread] = {}
         self.rollouts: dict[str, LocalRollout] = {}
         self.finished: set[str] = set()  # rollout ids known to have ended
+        self.skipped: dict[str, str] = {}  # rollout id -> why it cannot run (logged once)
         self.history: dict[tuple[str, str], tuple[Recommendation, ...]] = {}
         self.in_flight: dict[tuple[str, str], deque[float]] = {}
         self.started_at = time.time()
@@ -89,7 +93,7 @@ class Daemon:
             self.registry.get(m.name, m.version)  # fail fast, naming what is missing
         plane = self.store.plane_file
         if plane.exists():
-            self.env = LocalEnvironment.adopt(read_json(plane))
+            self.env = adopt_plane(self.store)
             log.info("adopted the running environment from %s", plane)
         else:
             self.env = LocalEnvironment(name=self.store.env, run_dir=self.store.run_dir,
@@ -195,32 +199,52 @@ class Daemon:
 
     # --- rollouts ------------------------------------------------------------------------------
     def _start_rollouts(self) -> None:
+        """Start a worker for each rollout that should run; one that cannot be read or set
+        up is skipped (and retried next tick) without holding up the others."""
         for files in self.store.rollouts():
             if files.id in self.finished or (files.id in self.workers
                                              and self.workers[files.id].is_alive()):
                 continue
-            if files.terminal():  # read once, not every second for the life of the env
-                self.finished.add(files.id)
+            try:
+                if files.terminal():  # read once, not every second for the life of the env
+                    self.finished.add(files.id)
+                    self.skipped.pop(files.id, None)
+                    continue
+                rollout = self._rollout(files)
+            except CorruptStateError as exc:
+                self._skip(files, f"unreadable: {exc}")
                 continue
-            rollout = self._rollout(files)
+            except Exception as exc:  # e.g. a version no longer registered
+                self._skip(files, f"cannot start: {type(exc).__name__}: {exc}", error=exc)
+                continue
+            if self.skipped.pop(files.id, None) is not None:
+                log.info("rollout %s is readable again: resuming it", files.id)
             self.rollouts[files.id] = rollout
-            thread = threading.Thread(target=self._run_rollout, args=(rollout,),
-                                      name=f"rollout-{files.id}", daemon=True)
-            self.workers[files.id] = thread
-            thread.start()
+            self._launch(rollout)
+
+    def _skip(self, files: RolloutFiles, reason: str,
+              error: BaseException | None = None) -> None:
+        if self.skipped.get(files.id) != reason:  # once per reason, not every second
+            log.error("rollout %s skipped, the others go on: %s", files.id, reason,
+                      exc_info=error)
+            self.skipped[files.id] = reason
+
+    def _launch(self, rollout: LocalRollout) -> None:
+        thread = threading.Thread(target=self._run_rollout, args=(rollout,),
+                                  name=f"rollout-{rollout.files.id}", daemon=True)
+        self.workers[rollout.files.id] = thread
+        thread.start()
 
     def _rollout(self, files: RolloutFiles) -> LocalRollout:
         assert self.env is not None
         request = files.read_request()
-        spec = files.spec()
-        opts = request.get("options", {})
-        rows = np.asarray(read_json(files.sample)["rows"], dtype=np.float64)
+        spec, opts = request.spec, request.options
+        rows = np.asarray(files.read_sample(), dtype=np.float64)
         digests = {v: self.registry.get(spec.model, v).sha256
                    for v in (spec.stable_version, spec.canary_version)}
         return LocalRollout(env=self.env, files=files, spec=spec, rows=rows,
-                            task=request["task"], interval=float(opts.get("interval", 3.0)),
-                            load_users=int(opts.get("load_users", 2)),
-                            grpc_load=bool(opts.get("grpc_load", True)),
+                            task=request.task, interval=opts.interval,
+                            load_users=opts.load_users, grpc_load=opts.grpc_load,
                             audit_path=self.store.audit_file, digests=digests)
 
     def _run_rollout(self, rollout: LocalRollout) -> None:
@@ -268,6 +292,20 @@ class Daemon:
             "autoscaling": {"min": self.policy.min_replicas, "max": self.policy.max_replicas,
                             "target_in_flight_per_instance": self.policy.target},
             "models": models, "started_at": self.started_at, "updated_at": time.time()})
+
+
+def adopt_plane(store: EnvStore, *, start_router: bool = True) -> LocalEnvironment:
+    """The environment plane.json describes (instances and proxy a controller left running);
+    a torn or malformed plane.json is a CorruptStateError saying how to recover."""
+    repair = (f"stop the instances and the proxy it lists by hand (their pids are in the "
+              f"file and in {store.run_dir}), remove {store.plane_file}, then: modelrail "
+              f"env up {store.env}")
+    state = read_json(store.plane_file, repair=repair)
+    try:
+        return LocalEnvironment.adopt(state, start_router=start_router)
+    except (KeyError, TypeError, ValueError, AttributeError) as exc:
+        raise CorruptStateError(f"plane.json is unreadable: {type(exc).__name__}: {exc}",
+                                where=str(store.plane_file), repair=repair) from None
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -23,6 +23,7 @@ from typing import Any
 import httpx
 import yaml
 
+from modelrail.durable import atomic_write_text
 from modelrail.errors import ModelrailError
 from modelrail.serving.process import Adopted, Proc
 
@@ -247,6 +248,6 @@ class TraefikRouter:
         target = self.dynamic_dir / "routes.yaml"
         if target.exists() and target.read_text() == text:
             return  # unchanged: do not make Traefik reload
-        tmp = self.dynamic_dir / ".routes.yaml.tmp"
-        tmp.write_text(text)
-        os.replace(tmp, target)
+        # atomic and fsynced: Traefik never loads a half-written file, and a crash leaves
+        # the routes the proxy last applied (its temp file ends in .tmp: Traefik skips it)
+        atomic_write_text(target, text)

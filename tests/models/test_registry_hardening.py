@@ -205,3 +205,15 @@ def test_registry_files_keep_the_umask_permissions(tmp_path: Path) -> None:
     os.umask(umask)
     mode = registry.card_path("iris", "1").stat().st_mode & 0o777
     assert mode == 0o644 & ~umask
+
+
+def test_stats_is_a_reserved_model_name() -> None:
+    """/v2/models/stats is the statistics extension's route: a model called `stats` could
+    never be reached by its metadata route, so the name is refused where names are checked."""
+    from modelrail.models.card import check_name, parse_ref
+
+    with pytest.raises(InvalidInputError, match="reserved"):
+        check_name("stats")
+    with pytest.raises(InvalidInputError, match="reserved"):
+        parse_ref("stats:1")
+    assert check_name("stats-model") == "stats-model"

@@ -27,7 +27,11 @@ SHA256_RE = re.compile(r"^[0-9a-f]{64}$")
 # BentoML resolves `name:latest` to the newest saved version of `name`: a version really
 # called "latest" could never be looked up by its tag, and it breaks the next save.
 RESERVED_VERSIONS = frozenset({"latest"})
-NAME_ACCEPTED = "1-63 lowercase letters, digits and '-', starting and ending alphanumeric"
+# OIP v2 / Triton route `/v2/models/stats` to the statistics extension: a model of that name
+# could not be reached by its metadata route.
+RESERVED_NAMES = frozenset({"stats"})
+NAME_ACCEPTED = ("1-63 lowercase letters, digits and '-', starting and ending alphanumeric; "
+                 "not " + ", ".join(repr(n) for n in sorted(RESERVED_NAMES)) + " (reserved)")
 VERSION_ACCEPTED = ("1-63 lowercase letters, digits, '-', '_' and '.', starting and ending "
                     "alphanumeric; not " + ", ".join(repr(v) for v in sorted(RESERVED_VERSIONS))
                     + " (reserved: not an exact version)")
@@ -41,6 +45,8 @@ Datatype = Literal["BOOL", "INT8", "INT16", "INT32", "INT64", "UINT8", "FP16", "
 
 def name_problem(name: str) -> str | None:
     """Why `name` is not a valid model name, or None if it is."""
+    if name in RESERVED_NAMES:
+        return f"model name {name!r} is reserved"
     return None if NAME_RE.fullmatch(name) else f"invalid model name {name!r}"
 
 

@@ -302,6 +302,8 @@ def test_every_error_is_json(hostile_server: Server) -> None:
     url = hostile_server.http_url
     r = httpx.get(f"{url}/no/such/route")
     assert r.status_code == 404 and "no route" in r.json()["error"]
+    r = httpx.post(f"{url}/v2/models/iris/versions/1/nope")
+    assert r.status_code == 404 and "no route" in r.json()["error"]
     r = httpx.get(f"{url}/v2/models/iris/infer")
     assert r.status_code == 405 and "GET" in r.json()["error"]
     r = httpx.post(f"{url}/v2/repository/models/iris/load")

@@ -288,7 +288,9 @@ def create_app(repo: ModelRepository, *, limits: Limits) -> Starlette:
         Route("/metrics", api.prometheus, methods=["GET"]),
         Route("/predict/{name}", api.predict, methods=["POST"]),
         Route("/predict/{name}/{version}", api.predict, methods=["POST"]),
-        Route("/{path:path}", _unrouted),  # last: JSON errors for every other path
+        # last: JSON errors for every other path and method
+        Route("/{path:path}", _unrouted, methods=["GET", "HEAD", "POST", "PUT", "PATCH",
+                                                  "DELETE", "OPTIONS"]),
     ]
     return Starlette(routes=routes, middleware=[Middleware(GuardMiddleware)],
                      exception_handlers={404: _http_error, 405: _http_error})

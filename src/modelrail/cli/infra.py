@@ -17,6 +17,7 @@ import yaml
 
 from modelrail.cli import localenv
 from modelrail.cli.output import add_output_flag, print_json
+from modelrail.durable import atomic_write_text
 
 DRIFT_EXIT = 8
 
@@ -59,7 +60,7 @@ def _render(args: argparse.Namespace) -> int:
     args.output_dir.mkdir(parents=True, exist_ok=True)
     for i, obj in enumerate(objs):
         name = f"{i:02d}-{obj['kind'].lower()}-{obj['metadata']['name']}.yaml"
-        (args.output_dir / name).write_text(yaml.safe_dump(obj, sort_keys=False))
+        atomic_write_text(args.output_dir / name, yaml.safe_dump(obj, sort_keys=False))
     print(f"wrote {len(objs)} objects to {args.output_dir}")
     return 0
 

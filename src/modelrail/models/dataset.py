@@ -9,6 +9,7 @@ the held-out rows. `train.py` writes these files; users write their own with `sa
 from __future__ import annotations
 
 import hashlib
+import io
 import zipfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -16,6 +17,7 @@ from pathlib import Path
 import numpy as np
 import numpy.typing as npt
 
+from modelrail.durable import atomic_write_bytes
 from modelrail.errors import InvalidInputError
 
 REQUIRED = ("X_train", "y_train", "X_test", "y_test")
@@ -60,8 +62,9 @@ def save_split(path: Path, split: Split) -> None:
     if split.target_names is not None:
         arrays["target_names"] = np.asarray(split.target_names, dtype=np.str_)
     path.parent.mkdir(parents=True, exist_ok=True)
-    with path.open("wb") as fh:
-        np.savez(fh, **arrays)  # type: ignore[arg-type]  # numpy's stub wants positional arrays
+    buf = io.BytesIO()
+    np.savez(buf, **arrays)  # type: ignore[arg-type]  # numpy's stub wants positional arrays
+    atomic_write_bytes(path, buf.getvalue())
 
 
 def load_split(path: Path) -> Split:

@@ -1,10 +1,14 @@
 """Test-wide setup: offline switches and a private BentoML home, set before any import of
-bentoml or onnxruntime, so tests never touch the developer's ~/bentoml or the network."""
+bentoml or onnxruntime, so tests never touch the developer's ~/bentoml or the network; and
+a leak check (tests/leakcheck.py): every process the session starts carries its marker, and
+the session fails if one of them, or a server's private BentoML home, outlives it. The
+session's BentoML home is removed at its end."""
 
 from __future__ import annotations
 
 import os
 import tempfile
+from pathlib import Path
 
 os.environ["ORT_DISABLE_TELEMETRY"] = "1"
 os.environ["BENTOML_DO_NOT_TRACK"] = "true"
@@ -16,12 +20,26 @@ os.environ.pop("MODELRAIL_REGISTRY", None)
 
 from collections.abc import Iterator
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import pytest
 
+from tests.leakcheck import LeakCheck, mark_session
+
+# marks this process's environment now: every process a test starts inherits the marker
+LEAK_CHECK = LeakCheck(marker=mark_session(), stores=[Path(os.environ["BENTOML_HOME"])],
+                       remove=[Path(os.environ["BENTOML_HOME"])])
 EXAMPLES_SPEC = Path(__file__).resolve().parents[1] / "models" / "examples.yaml"
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    config.pluginmanager.register(LEAK_CHECK, "modelrail-leak-check")
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _leak_check_stores(tmp_path_factory: pytest.TempPathFactory) -> None:
+    """Homes of servers whose model store is a test's own copy (under tmp_path) count too."""
+    LEAK_CHECK.add_store(tmp_path_factory.getbasetemp())
 
 
 @dataclass
@@ -93,11 +111,15 @@ def start_server(models: list[str], log_dir: Path, *, workers: int = 1,
     proc = spawn(cmd, log_path=log)
     server = Server(http_url=f"http://127.0.0.1:{http_port}",
                     grpc_target=f"127.0.0.1:{grpc_port}", proc=proc, log=log)
-    if wait and not wait_ready(server.http_url, timeout=90, proc=proc):
-        stop(proc)
-        raise RuntimeError(f"server did not become ready; log:\n{log.read_text()[-4000:]}")
-    if wait:
+    if not wait:
+        return server
+    try:
+        if not wait_ready(server.http_url, timeout=90, proc=proc):
+            raise RuntimeError(f"server did not become ready; log:\n{log.read_text()[-4000:]}")
         _wait_grpc(server.grpc_target)
+    except BaseException:
+        stop(proc)  # a server that never became ready is still ours to end
+        raise
     return server
 
 

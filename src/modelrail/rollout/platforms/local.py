@@ -32,6 +32,7 @@ from modelrail.serving.process import (
     Proc,
     free_port,
     home_of,
+    instance_id_of,
     server_command,
     spawn,
     stop,
@@ -67,13 +68,16 @@ class Instance:
         return {"ref": str(self.ref), "http_port": self.http_port,
                 "grpc_port": self.grpc_port, "pid": self.proc.pid,
                 "log_path": str(self.log_path), "restarts": self.restarts,
-                "home": str(home) if home else None}
+                "home": str(home) if home else None,
+                # finds its workers after a restart of the controller, even if it died
+                "instance_id": instance_id_of(self.proc)}
 
     @classmethod
     def adopt(cls, state: dict[str, Any]) -> Instance:
         home = Path(state["home"]) if state.get("home") else None
         return cls(ref=parse_model_ref(state["ref"]), http_port=state["http_port"],
-                   grpc_port=state["grpc_port"], proc=Adopted(state["pid"], home=home),
+                   grpc_port=state["grpc_port"],
+                   proc=Adopted(state["pid"], home=home, instance_id=state.get("instance_id")),
                    log_path=Path(state["log_path"]), restarts=state["restarts"])
 
 

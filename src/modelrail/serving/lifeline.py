@@ -30,15 +30,15 @@ server to the command that started it.
 
 from __future__ import annotations
 
-import contextlib
 import ctypes
 import os
 import signal
 import sys
 import threading
 import time
-from pathlib import Path
 from typing import Any
+
+from modelrail.serving.process import pid_alive
 
 PARENT_ENV = "MODELRAIL_LIFELINE_PARENT"
 POLL_SECONDS = 0.5
@@ -108,19 +108,7 @@ def _expected_parent() -> int:
     recorded = os.environ.get(PARENT_ENV, "")
     if not recorded.isdigit() or int(recorded) == ppid:
         return ppid
-    return ppid if _alive(int(recorded)) else int(recorded)
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    with contextlib.suppress(OSError):  # a zombie (dead, not yet reaped) counts as gone
-        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[-1].split()[0] != "Z"
-    return True
+    return ppid if pid_alive(int(recorded)) else int(recorded)
 
 
 def _is_worker() -> bool:

@@ -30,7 +30,8 @@ from pathlib import Path
 
 import pytest
 
-from modelrail.serving.process import HOME_PREFIX, pid_alive, processes_with_env
+from modelrail.serving.lifeline import pid_alive
+from modelrail.serving.process import HOME_PREFIX, processes_with_env
 
 SESSION_ENV = "MODELRAIL_TEST_SESSION"
 

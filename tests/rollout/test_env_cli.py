@@ -16,7 +16,7 @@ import pytest
 
 from modelrail.rollout.load import run_load
 from modelrail.rollout.traffic import ClientTraffic
-from modelrail.serving.process import pid_alive
+from modelrail.serving.lifeline import pid_alive
 from tests.conftest import Example
 from tests.rollout.envs import cli, env_info, local_env, write_stack
 

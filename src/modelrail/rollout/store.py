@@ -39,7 +39,7 @@ from modelrail.durable import append_line, atomic_write_json
 from modelrail.errors import CorruptStateError, InvalidInputError, NotFoundError, describe_invalid
 from modelrail.models.card import name_problem, version_problem
 from modelrail.rollout.spec import Phase, RolloutSpec, RolloutStatus
-from modelrail.serving.process import pid_alive
+from modelrail.serving.lifeline import pid_alive
 
 _ENV_RE = re.compile(r"^[a-z0-9]([-a-z0-9]{0,30}[a-z0-9])?$")
 # what new_rollout makes: a UTC timestamp, the model name and the version (+ "-n")

@@ -36,9 +36,8 @@ import signal
 import sys
 import threading
 import time
+from pathlib import Path
 from typing import Any
-
-from modelrail.serving.process import pid_alive
 
 PARENT_ENV = "MODELRAIL_LIFELINE_PARENT"
 POLL_SECONDS = 0.5
@@ -124,3 +123,18 @@ def _drain_seconds() -> float:
         return max(0.0, float(os.environ.get("MODELRAIL_DRAIN_SECONDS", "10")))
     except ValueError:
         return 10.0
+
+
+def pid_alive(pid: int) -> bool:
+    """Whether `pid` runs (a zombie, exited but not reaped, counts as gone)."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return False
+    return stat.rsplit(")", 1)[-1].split()[0] != "Z"

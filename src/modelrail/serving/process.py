@@ -29,7 +29,7 @@ from typing import IO
 import modelrail
 from modelrail.errors import InvalidInputError
 from modelrail.serving.config import ServingConfig
-from modelrail.serving.lifeline import set_parent_death_signal
+from modelrail.serving.lifeline import pid_alive, set_parent_death_signal
 
 SERVICE_TARGET = "service:InferenceService"
 INSTANCE_ENV = "MODELRAIL_INSTANCE_ID"
@@ -169,21 +169,6 @@ class Adopted:
 
 
 Proc = subprocess.Popen[bytes] | Adopted
-
-
-def pid_alive(pid: int) -> bool:
-    """Whether `pid` runs (a zombie, exited but not reaped, counts as gone)."""
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return False
-    return stat.rsplit(")", 1)[-1].split()[0] != "Z"
 
 
 def home_of(proc: Proc) -> Path | None:

@@ -31,12 +31,12 @@ os.environ.setdefault("MODELRAIL_REGISTRY", str(WORK / "registry"))
 
 import numpy as np  # noqa: E402
 
-from modelrail.rollout.engine import Decision  # noqa: E402
-from modelrail.rollout.local_controller import LocalRollout  # noqa: E402
-from modelrail.rollout.platforms.local import LocalEnvironment  # noqa: E402
-from modelrail.rollout.spec import RolloutSpec, Thresholds  # noqa: E402
-from modelrail.rollout.store import RolloutFiles  # noqa: E402
-from modelrail.rollout.traffic import ClientTraffic  # noqa: E402
+from modelrail.rollout.core.engine import Decision  # noqa: E402
+from modelrail.rollout.core.spec import RolloutSpec, Thresholds  # noqa: E402
+from modelrail.rollout.load.client import ClientTraffic  # noqa: E402
+from modelrail.rollout.local.platform import LocalEnvironment  # noqa: E402
+from modelrail.rollout.local.rollout import LocalRollout  # noqa: E402
+from modelrail.rollout.local.store import RolloutFiles  # noqa: E402
 from modelrail.serving.config import ModelRef  # noqa: E402
 
 BODY = {"inputs": [{"name": "input", "datatype": "FP32", "shape": [1, 4],

@@ -116,14 +116,14 @@ def test_files_get_the_usual_permissions(tmp_path: Path) -> None:
 
 # --- every writer of a kept file goes through durable.py ----------------------------------------
 def _store_state(tmp: Path) -> Path:
-    from modelrail.rollout.store import write_json
+    from modelrail.rollout.local.store import write_json
 
     write_json(tmp / "envs" / "dev" / "env.json", {"env": "dev", "phase": "Ready"})
     return tmp / "envs" / "dev" / "env.json"
 
 
 def _store_log(tmp: Path) -> Path:
-    from modelrail.rollout.store import append_jsonl
+    from modelrail.rollout.local.store import append_jsonl
 
     append_jsonl(tmp / "audit.jsonl", {"a": 1})
     return tmp / "audit.jsonl"
@@ -175,7 +175,7 @@ def _traefik_routes(tmp: Path) -> Path:
 
 
 def _report(tmp: Path) -> Path:
-    from modelrail.rollout.report import write_report
+    from modelrail.rollout.local.report import write_report
 
     return write_report(tmp / "out" / "report.html", [], title="empty")
 

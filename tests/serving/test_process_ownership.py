@@ -238,7 +238,7 @@ def test_local_environment_leaves_nothing_behind(tmp_path: Path,
                                                  examples: dict[str, Example]) -> None:
     """A SIGKILLed instance is replaced and its workers end; env.stop() (what `env down`
     runs) ends every instance, its workers and the proxy, and removes every home."""
-    from modelrail.rollout.platforms.local import LocalEnvironment
+    from modelrail.rollout.local.platform import LocalEnvironment
 
     env = LocalEnvironment(name="owned", run_dir=tmp_path / "owned", workers=2)
     env.start()

@@ -1,4 +1,4 @@
-"""Locust: OIP v2 REST infer requests. Run only as a subprocess (modelrail.rollout.load):
+"""Locust: OIP v2 REST infer requests. Run only as a subprocess (modelrail.rollout.load.locust):
 locust monkey-patches the process with gevent, which breaks processes that use ssl/asyncio.
 
 Environment: MODELRAIL_LOAD_MODEL, MODELRAIL_LOAD_VERSION (optional), MODELRAIL_LOAD_WAIT

@@ -115,8 +115,8 @@ def _cli(argv: list[str], *, quiet: bool = False) -> int:
 
 def _walk(args: argparse.Namespace, env: str, registry: Any,
           *, bad: bool) -> list[dict[str, Any]]:
-    from modelrail.rollout.load import BackgroundLoad
-    from modelrail.rollout.store import EnvStore
+    from modelrail.rollout.load.locust import BackgroundLoad
+    from modelrail.rollout.local.store import EnvStore
 
     print(f"\n== {env}: up from Pulumi.{env}.yaml, then {MODEL}:{GOOD} by canary")
     reg = ["--registry", str(registry.root)]
@@ -150,8 +150,8 @@ def _rollout(args: argparse.Namespace, env: str, version: str, reg: list[str]) -
     """Start and follow a rollout; pass a manual gate as a person (or CI job) would."""
     import threading
 
-    from modelrail.rollout.spec import Phase
-    from modelrail.rollout.store import EnvStore
+    from modelrail.rollout.core.spec import Phase
+    from modelrail.rollout.local.store import EnvStore
 
     store = EnvStore(env, args.state_dir)
     stop = threading.Event()
@@ -182,7 +182,7 @@ def _rollout(args: argparse.Namespace, env: str, version: str, reg: list[str]) -
 def _rollback_after(env: str, state_dir: Path | None) -> str:
     """Seconds from the canary's first traffic to the rollback being done (or, when it
     never took traffic, from its start)."""
-    from modelrail.rollout.store import EnvStore
+    from modelrail.rollout.local.store import EnvStore
 
     st = EnvStore(env, state_dir).find(None, MODEL).rollout_status()
     if st is None or st.phase.value != "RolledBack":
@@ -195,8 +195,8 @@ def _rollback_after(env: str, state_dir: Path | None) -> str:
 
 
 def _write_report(args: argparse.Namespace, results: list[dict[str, Any]]) -> None:
-    from modelrail.rollout.report import write_report
-    from modelrail.rollout.store import EnvStore, RolloutFiles
+    from modelrail.rollout.local.report import write_report
+    from modelrail.rollout.local.store import EnvStore, RolloutFiles
 
     pairs = []
     for r in results:

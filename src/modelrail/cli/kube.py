@@ -35,7 +35,7 @@ class Kube:
 
         from kubernetes import client, config
 
-        from modelrail.rollout.platforms.kubernetes import api_client
+        from modelrail.rollout.kube.platform import api_client
 
         self.api = client.CustomObjectsApi(api_client(kubeconfig=args.kubeconfig,
                                                       user_agent="modelrail-cli"))

@@ -68,7 +68,7 @@ def add_actions(esub: Any) -> None:
 def _up(args: argparse.Namespace) -> int:
     from modelrail.infra.config import load_stack
     from modelrail.models.registry import parse_registry_flag
-    from modelrail.rollout.store import EnvStore
+    from modelrail.rollout.local.store import EnvStore
 
     store = EnvStore(args.env, args.state_dir)
     config = load_stack(args.env, args.project)  # invalid stack: exit 2 before anything runs
@@ -97,7 +97,7 @@ def _up(args: argparse.Namespace) -> int:
         print(f"environment {args.env} is already up")
         return _status(args)
     store.root.mkdir(parents=True, exist_ok=True)
-    argv = [sys.executable, "-m", "modelrail.rollout.platforms.daemon", "--env", args.env,
+    argv = [sys.executable, "-m", "modelrail.rollout.local.daemon", "--env", args.env,
             "--project", str(args.project.resolve()), "--state-dir",
             str(store.root.parent.resolve()), "--models", ",".join(wanted),
             "--target-in-flight", str(args.target_in_flight)]
@@ -126,7 +126,7 @@ def _up(args: argparse.Namespace) -> int:
 
 
 def _status(args: argparse.Namespace) -> int:
-    from modelrail.rollout.store import EnvironmentDownError, EnvStore
+    from modelrail.rollout.local.store import EnvironmentDownError, EnvStore
 
     store = EnvStore(args.env, args.state_dir)
     info = store.read_env()
@@ -172,8 +172,8 @@ def _rollout_brief(files: Any) -> dict[str, Any]:
 
 
 def _down(args: argparse.Namespace) -> int:
-    from modelrail.rollout.platforms.daemon import adopt_plane
-    from modelrail.rollout.store import EnvStore, write_json
+    from modelrail.rollout.local.daemon import adopt_plane
+    from modelrail.rollout.local.store import EnvStore, write_json
 
     store = EnvStore(args.env, args.state_dir)
     info = store.read_env()

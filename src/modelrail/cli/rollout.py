@@ -128,7 +128,7 @@ def _which(p: argparse.ArgumentParser) -> None:
 
 
 def _rollout_id(value: str) -> str:
-    from modelrail.rollout.store import check_rollout_id
+    from modelrail.rollout.local.store import check_rollout_id
 
     try:
         return check_rollout_id(value)
@@ -141,8 +141,8 @@ def _start(args: argparse.Namespace) -> int:
     from modelrail.infra.config import load_stack
     from modelrail.models.card import parse_ref
     from modelrail.models.registry import parse_registry_flag
-    from modelrail.rollout.spec import RolloutSpec
-    from modelrail.rollout.store import EnvStore, write_json
+    from modelrail.rollout.core.spec import RolloutSpec
+    from modelrail.rollout.local.store import EnvStore, write_json
 
     name, version = parse_ref(args.model)
     if getattr(args, "kube", False):
@@ -306,7 +306,7 @@ def _follow(files: Any, output: str, timeout: float) -> int:
 
 
 def _status(args: argparse.Namespace) -> int:
-    from modelrail.rollout.store import EnvStore
+    from modelrail.rollout.local.store import EnvStore
 
     if args.kube:
         return kube_cli.status(args)
@@ -325,8 +325,8 @@ def _status(args: argparse.Namespace) -> int:
 
 
 def _command(args: argparse.Namespace) -> int:
-    from modelrail.rollout.spec import Phase
-    from modelrail.rollout.store import EnvStore, append_jsonl
+    from modelrail.rollout.core.spec import Phase
+    from modelrail.rollout.local.store import EnvStore, append_jsonl
 
     if args.kube:
         return kube_cli.command(args)
@@ -356,7 +356,7 @@ def _command(args: argparse.Namespace) -> int:
 
 # --- history and report ------------------------------------------------------------------
 def _history(args: argparse.Namespace) -> int:
-    from modelrail.rollout.store import EnvStore, read_jsonl
+    from modelrail.rollout.local.store import EnvStore, read_jsonl
 
     _need_env(args)
     store = EnvStore(args.env, args.state_dir)
@@ -412,8 +412,8 @@ def _evidence(e: dict[str, Any]) -> str:
 
 
 def _report(args: argparse.Namespace) -> int:
-    from modelrail.rollout.report import write_report
-    from modelrail.rollout.store import EnvStore
+    from modelrail.rollout.local.report import write_report
+    from modelrail.rollout.local.store import EnvStore
 
     _need_env(args)
     store = EnvStore(args.env, args.state_dir)

@@ -434,7 +434,7 @@ def controller_deployment(cfg: StackConfig) -> Obj:
                                  cfg.namespace,
                                  "--liveness",
                                  f"http://0.0.0.0:{CONTROLLER_HEALTH_PORT}/healthz",
-                                 "-m", "modelrail.rollout.operator"],
+                                 "-m", "modelrail.rollout.kube.operator"],
                         "ports": [{"name": "health", "containerPort": CONTROLLER_HEALTH_PORT}],
                         # the operator reads Pulumi.<stack>.yaml baked into its image
                         # (services/controller/) and builds canaries with these builders
@@ -457,7 +457,7 @@ def load_job(cfg: StackConfig, *, name: str, model: str, version: str, target: s
              rows: list[list[float]], seconds: int, users: int) -> Obj:
     """The Locust run of one analysis interval as a Job (image: the controller's, which
     carries modelrail and Locust). Its summary is the container's termination message."""
-    argv = ["python", "-m", "modelrail.rollout.loadjob", "--protocol", "rest", "--target",
+    argv = ["python", "-m", "modelrail.rollout.load.job", "--protocol", "rest", "--target",
             target, "--model", model, "--version", version, "--seconds", str(seconds),
             "--users", str(users)]
     labels = {"app.kubernetes.io/name": model, "app.kubernetes.io/component": "load-test"}

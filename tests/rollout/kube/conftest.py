@@ -45,7 +45,7 @@ def prometheus() -> Iterator[FakePrometheus]:
 
 def operator_env(cluster: Cluster, prometheus: FakePrometheus, server: Server,
                  cfg: StackConfig) -> dict[str, str]:
-    """The operator's configuration for this cluster (see modelrail.rollout.operator)."""
+    """The operator's configuration for this cluster (see modelrail.rollout.kube.operator)."""
     return {"KUBECONFIG": str(cluster.kubeconfig),
             "MODELRAIL_STACK_CONFIG": cfg.model_dump_json(by_alias=True),
             "MODELRAIL_PROMETHEUS_URL": prometheus.url,
@@ -63,7 +63,7 @@ def operator(cluster: Cluster, prometheus: FakePrometheus, server: Server,
     os.environ.update(env)
     try:
         with KopfRunner(["run", "--peering", manifests.PEERING, "--namespace", NS,
-                         "-m", "modelrail.rollout.operator"]) as runner:
+                         "-m", "modelrail.rollout.kube.operator"]) as runner:
             yield runner
     finally:
         for k, v in saved.items():

@@ -7,7 +7,7 @@ real cluster would run and this one has not:
     kopf handles objects twice and ownerReferences do not validate.
   - FakeKubelet: makes Deployments "ready" (status.readyReplicas and friends), except for
     versions told never to be ready; runs each Locust Job *for real* (the Job's own
-    command, `python -m modelrail.rollout.loadjob`, with the in-cluster Service URL mapped
+    command, `python -m modelrail.rollout.load.job`, with the in-cluster Service URL mapped
     to a local server) and records its pod with the termination message, as a kubelet does.
   - FakePrometheus: answers /api/v1/query for the provider's PromQL from figures the test
     sets per version (there is no Prometheus binary here).

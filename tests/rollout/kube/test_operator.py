@@ -232,7 +232,7 @@ def test_two_operator_replicas_act_once(kube: Callable[..., Any],
                "MODELRAIL_PEERING_PRIORITY": "10"}
         replica = subprocess.Popen(
             [sys.executable, "-m", "kopf", "run", "--peering", manifests.PEERING,
-             "--namespace", NS, "-m", "modelrail.rollout.operator"], cwd=ROOT, env=env,
+             "--namespace", NS, "-m", "modelrail.rollout.kube.operator"], cwd=ROOT, env=env,
             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
         try:
             os.environ["MODELRAIL_PEERING_PRIORITY"] = "20"

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Protocol
 
-from modelrail.rollout.analysis import TrafficSample
+from modelrail.rollout.core.analysis import TrafficSample
 
 
 class MetricProvider(Protocol):

@@ -18,7 +18,7 @@ import httpx
 import numpy as np
 import numpy.typing as npt
 
-from modelrail.rollout.analysis import GateSample
+from modelrail.rollout.core.analysis import GateSample
 
 
 @dataclass(frozen=True)

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 
 import httpx
 
-from modelrail.rollout.analysis import TrafficSample
+from modelrail.rollout.core.analysis import TrafficSample
 from modelrail.rollout.metrics.scrape import SERVER_ERRORS
 
 SELECTOR = 'namespace="{namespace}",model="{model}",version="{version}"'

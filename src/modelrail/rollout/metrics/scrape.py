@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 import httpx
 from prometheus_client.parser import text_string_to_metric_families
 
-from modelrail.rollout.analysis import TrafficSample
+from modelrail.rollout.core.analysis import TrafficSample
 
 SERVER_ERRORS = frozenset({"5xx", "INTERNAL", "UNAVAILABLE", "UNKNOWN", "DEADLINE_EXCEEDED",
                            "DATA_LOSS"})

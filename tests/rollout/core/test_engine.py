@@ -9,10 +9,10 @@ from dataclasses import replace
 import pytest
 
 from modelrail.infra.config import load_stack
-from modelrail.rollout import engine
-from modelrail.rollout.analysis import GateSample, LoadSample, Measurements, TrafficSample
-from modelrail.rollout.engine import Action, Decision, Observation, decide, start
-from modelrail.rollout.spec import Phase, RolloutSpec, RolloutStatus, Thresholds
+from modelrail.rollout.core import engine
+from modelrail.rollout.core.analysis import GateSample, LoadSample, Measurements, TrafficSample
+from modelrail.rollout.core.engine import Action, Decision, Observation, decide, start
+from modelrail.rollout.core.spec import Phase, RolloutSpec, RolloutStatus, Thresholds
 from tests.infra.harness import ROOT
 
 T = Thresholds(max_error_rate=0.01, max_p99_latency_ms=50, max_latency_ratio=1.5,
@@ -253,7 +253,7 @@ def test_spec_from_stack_policy() -> None:
 def test_a_fully_replayed_small_sample_is_evidence_not_no_data() -> None:
     """iris has 38 held-out rows: the gate compares all of them. That is the whole sample,
     so it judges (pass or fail); a partial answer below min_requests stays inconclusive."""
-    from modelrail.rollout.analysis import Status, check_model_gate
+    from modelrail.rollout.core.analysis import Status, check_model_gate
 
     small = GateSample(38, 0, 0.0, complete=True)
     assert check_model_gate(SPEC, replace(GOOD, gate=small)).status is Status.PASS

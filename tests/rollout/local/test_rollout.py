@@ -1,7 +1,7 @@
 """End to end on the local platform, real processes and real load, with live-traffic
 analysis only (no pre-traffic phase): each kind of bad canary is rolled back automatically
 at its first analysed interval, with traffic back on stable. (A good canary promoted with
-zero failed requests: tests/rollout/test_env_cli.py, through the CLI.)"""
+zero failed requests: tests/rollout/local/test_env_cli.py, through the CLI.)"""
 
 from __future__ import annotations
 
@@ -12,12 +12,12 @@ from pathlib import Path
 
 import pytest
 
-from modelrail.rollout.engine import Decision
-from modelrail.rollout.local_controller import LocalRollout
-from modelrail.rollout.platforms.local import LocalEnvironment
-from modelrail.rollout.spec import Phase, RolloutSpec, RolloutStatus, Thresholds
-from modelrail.rollout.store import RolloutFiles
-from modelrail.rollout.traffic import ClientTraffic
+from modelrail.rollout.core.engine import Decision
+from modelrail.rollout.core.spec import Phase, RolloutSpec, RolloutStatus, Thresholds
+from modelrail.rollout.load.client import ClientTraffic
+from modelrail.rollout.local.platform import LocalEnvironment
+from modelrail.rollout.local.rollout import LocalRollout
+from modelrail.rollout.local.store import RolloutFiles
 from modelrail.serving.config import ModelRef
 from tests.conftest import Example
 

@@ -10,11 +10,11 @@ from pathlib import Path
 import pytest
 
 from modelrail.errors import InvalidInputError
-from modelrail.rollout.analysis import Measurements, Status, TrafficSample, analyse
-from modelrail.rollout.load import run_load
+from modelrail.rollout.core.analysis import Measurements, Status, TrafficSample, analyse
+from modelrail.rollout.load.locust import run_load
 from modelrail.serving.process import stop
 from tests.conftest import Example, Server, start_server
-from tests.rollout.test_engine import GOOD, SPEC
+from tests.rollout.core.test_engine import GOOD, SPEC
 
 pytestmark = pytest.mark.slow
 

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from modelrail.rollout.autoscaler import (
+from modelrail.rollout.core.autoscaler import (
     ScalePolicy,
     canary_policy,
     desired_replicas,

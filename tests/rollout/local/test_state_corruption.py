@@ -20,11 +20,11 @@ import pytest
 from modelrail.cli import main
 from modelrail.errors import CorruptStateError, InvalidInputError
 from modelrail.models.registry import Registry
-from modelrail.rollout.local_controller import LocalRollout
-from modelrail.rollout.platforms.daemon import Daemon
-from modelrail.rollout.platforms.local import LocalEnvironment
-from modelrail.rollout.spec import Phase, RolloutSpec, RolloutStatus, Thresholds
-from modelrail.rollout.store import EnvStore, RolloutFiles, read_jsonl, write_json
+from modelrail.rollout.core.spec import Phase, RolloutSpec, RolloutStatus, Thresholds
+from modelrail.rollout.local.daemon import Daemon
+from modelrail.rollout.local.platform import LocalEnvironment
+from modelrail.rollout.local.rollout import LocalRollout
+from modelrail.rollout.local.store import EnvStore, RolloutFiles, read_jsonl, write_json
 from tests.models.test_registry_hardening import fake_card
 from tests.rollout.envs import write_stack
 
@@ -141,8 +141,8 @@ def test_every_status_the_engine_produces_reads_back(store: EnvStore) -> None:
     persisted by the controller's own code after every decision, read back unchanged."""
     import numpy as np
 
-    from modelrail.rollout.analysis import Measurements, TrafficSample
-    from tests.rollout.test_engine import GOOD, SPEC, Driver
+    from modelrail.rollout.core.analysis import Measurements, TrafficSample
+    from tests.rollout.core.test_engine import GOOD, SPEC, Driver
 
     bad = Measurements(canary=TrafficSample(200, 150, 5.0), stable=GOOD.stable,
                        gate=GOOD.gate, load=GOOD.load)

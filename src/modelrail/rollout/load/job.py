@@ -1,7 +1,7 @@
 """The Locust Job's entry point: one bounded load run, its summary as the termination
 message (`/dev/termination-log`, read by the operator from the finished pod).
 
-    python -m modelrail.rollout.loadjob --protocol rest --target http://iris-canary:3000 \\
+    python -m modelrail.rollout.load.job --protocol rest --target http://iris-canary:3000 \\
         --model iris --version 2 --seconds 10 --users 4
 
 Rows come from MODELRAIL_LOAD_ROWS_JSON (the validation sample). The summary is small
@@ -16,7 +16,7 @@ import os
 import sys
 from pathlib import Path
 
-from modelrail.rollout.load import run_load
+from modelrail.rollout.load.locust import run_load
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -14,8 +14,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from enum import StrEnum
 
-from modelrail.rollout.analysis import Measurements, Status, Verdict, analyse
-from modelrail.rollout.spec import Phase, RolloutSpec, RolloutStatus
+from modelrail.rollout.core.analysis import Measurements, Status, Verdict, analyse
+from modelrail.rollout.core.spec import Phase, RolloutSpec, RolloutStatus
 
 # The allowed moves; staying in a phase is always allowed.
 TRANSITIONS: dict[Phase, frozenset[Phase]] = {

@@ -2,7 +2,7 @@
 kube_controller.KubeRollout, and each decision it reports is posted as a Kubernetes Event.
 
     kopf run --namespace modelrail-prod --peering modelrail-controller \
-        -m modelrail.rollout.operator
+        -m modelrail.rollout.kube.operator
 
 Configuration (environment): MODELRAIL_STACK_CONFIG (the StackConfig as JSON) or
 MODELRAIL_STACK + MODELRAIL_PROJECT (read Pulumi.<stack>.yaml from the image);
@@ -25,9 +25,9 @@ import kopf
 
 from modelrail.infra.config import StackConfig, load_stack
 from modelrail.infra.manifests import CRD_VERSION, GROUP
-from modelrail.rollout.kube_controller import KubeRollout
+from modelrail.rollout.kube.platform import KubePlatform, api_client
+from modelrail.rollout.kube.rollout import KubeRollout
 from modelrail.rollout.metrics.prometheus import PrometheusProvider
-from modelrail.rollout.platforms.kubernetes import KubePlatform, api_client
 from modelrail.rollout.routers.gateway_api import GatewayAPIRouter
 
 INTERVAL = float(os.environ.get("MODELRAIL_RECONCILE_SECONDS", "5"))

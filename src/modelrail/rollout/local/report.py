@@ -22,7 +22,7 @@ from pydantic import BaseModel, ConfigDict, ValidationError
 
 from modelrail.durable import atomic_write_text
 from modelrail.errors import CorruptStateError
-from modelrail.rollout.store import EnvStore, HistoryEntry, RolloutFiles, read_jsonl
+from modelrail.rollout.local.store import EnvStore, HistoryEntry, RolloutFiles, read_jsonl
 
 W, H, PAD_L, PAD_R, PAD_T, PAD_B = 640, 170, 56, 12, 18, 28
 COLORS = {"stable": "#2563eb", "canary": "#ea580c", "weight": "#16a34a", "gate": "#9333ea"}

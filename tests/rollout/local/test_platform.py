@@ -13,8 +13,8 @@ from pathlib import Path
 import httpx
 import pytest
 
-from modelrail.rollout.platforms.local import LocalEnvironment
-from modelrail.rollout.traffic import ClientTraffic
+from modelrail.rollout.load.client import ClientTraffic
+from modelrail.rollout.local.platform import LocalEnvironment
 from modelrail.serving.config import ModelRef
 from modelrail.serving.process import wait_ready
 from tests.conftest import Example

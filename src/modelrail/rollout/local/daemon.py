@@ -17,7 +17,7 @@ Killed (even with SIGKILL), it leaves the instances and the proxy serving; start
 it adopts them from plane.json and its rollouts resume from their saved status. SIGTERM
 (`env down`) aborts running rollouts (traffic back to stable), then stops everything.
 
-    python -m modelrail.rollout.platforms.daemon --env dev --project . --state-dir DIR
+    python -m modelrail.rollout.local.daemon --env dev --project . --state-dir DIR
 """
 
 from __future__ import annotations
@@ -39,15 +39,15 @@ import numpy as np
 from modelrail.errors import CorruptStateError
 from modelrail.infra.config import StackConfig, load_stack
 from modelrail.models.registry import Registry
-from modelrail.rollout.autoscaler import (
+from modelrail.rollout.core.autoscaler import (
     Recommendation,
     ScalePolicy,
     canary_policy,
     desired_replicas,
 )
-from modelrail.rollout.local_controller import LocalRollout
-from modelrail.rollout.platforms.local import LocalEnvironment
-from modelrail.rollout.store import (
+from modelrail.rollout.local.platform import LocalEnvironment
+from modelrail.rollout.local.rollout import LocalRollout
+from modelrail.rollout.local.store import (
     EnvStore,
     RolloutFiles,
     append_jsonl,

@@ -38,7 +38,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 from modelrail.durable import append_line, atomic_write_json
 from modelrail.errors import CorruptStateError, InvalidInputError, NotFoundError, describe_invalid
 from modelrail.models.card import name_problem, version_problem
-from modelrail.rollout.spec import Phase, RolloutSpec, RolloutStatus
+from modelrail.rollout.core.spec import Phase, RolloutSpec, RolloutStatus
 from modelrail.serving.lifeline import pid_alive
 
 _ENV_RE = re.compile(r"^[a-z0-9]([-a-z0-9]{0,30}[a-z0-9])?$")

@@ -25,14 +25,14 @@ from typing import Any
 import numpy as np
 
 from modelrail.infra.config import ModelSpec, RolloutPolicy
-from modelrail.rollout import engine
-from modelrail.rollout.analysis import LoadSample, Measurements, Verdict
-from modelrail.rollout.engine import Action, Decision, Observation
+from modelrail.rollout.core import engine
+from modelrail.rollout.core.analysis import LoadSample, Measurements, Verdict
+from modelrail.rollout.core.engine import Action, Decision, Observation
+from modelrail.rollout.core.spec import Phase, RolloutSpec, RolloutStatus
+from modelrail.rollout.kube.platform import KubePlatform
 from modelrail.rollout.metrics.gate import Endpoint, ModelGateProvider
 from modelrail.rollout.metrics.prometheus import PrometheusProvider, PromTrack
-from modelrail.rollout.platforms.kubernetes import KubePlatform
 from modelrail.rollout.routers.gateway_api import GatewayAPIRouter
-from modelrail.rollout.spec import Phase, RolloutSpec, RolloutStatus
 
 PROMOTE_ANNOTATION = "modelrail.dev/promote"
 HISTORY_KEPT = 100

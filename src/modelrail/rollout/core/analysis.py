@@ -17,7 +17,7 @@ import math
 from dataclasses import dataclass
 from enum import IntEnum
 
-from modelrail.rollout.spec import RolloutSpec
+from modelrail.rollout.core.spec import RolloutSpec
 
 Z99 = 2.576  # two-sided 99% normal quantile for the Wilson interval
 

@@ -30,15 +30,15 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
-from modelrail.rollout import engine
-from modelrail.rollout.analysis import LoadSample, Measurements, TrafficSample
-from modelrail.rollout.engine import Action, Decision, Observation
-from modelrail.rollout.load import run_load
+from modelrail.rollout.core import engine
+from modelrail.rollout.core.analysis import LoadSample, Measurements, TrafficSample
+from modelrail.rollout.core.engine import Action, Decision, Observation
+from modelrail.rollout.core.spec import Phase, RolloutSpec, RolloutStatus
+from modelrail.rollout.load.locust import run_load
+from modelrail.rollout.local.platform import LocalEnvironment
+from modelrail.rollout.local.store import RolloutFiles, append_jsonl, read_jsonl, write_json
 from modelrail.rollout.metrics.gate import Endpoint, ModelGateProvider
 from modelrail.rollout.metrics.scrape import ScrapeProvider, Track
-from modelrail.rollout.platforms.local import LocalEnvironment
-from modelrail.rollout.spec import Phase, RolloutSpec, RolloutStatus
-from modelrail.rollout.store import RolloutFiles, append_jsonl, read_jsonl, write_json
 from modelrail.serving.config import ModelRef
 from modelrail.serving.process import wait_ready
 

@@ -198,7 +198,7 @@ def _start(args: argparse.Namespace) -> int:
 
 def _policy(args: argparse.Namespace, base: Any) -> Any:
     """The stack's rollout policy with this run's overrides, validated by the same rules."""
-    from modelrail.infra.config import RolloutPolicy
+    from modelrail.rollout.core.policy import RolloutPolicy
 
     overrides: dict[str, Any] = {}
     if args.steps is not None:

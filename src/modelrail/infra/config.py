@@ -9,7 +9,6 @@ names the stack, the key, the bad value and what is accepted.
 from __future__ import annotations
 
 import contextlib
-import itertools
 import json
 import re
 from pathlib import Path
@@ -21,6 +20,7 @@ from pydantic.alias_generators import to_camel
 
 from modelrail.errors import InvalidInputError
 from modelrail.models.card import NAME_RE, VERSION_RE
+from modelrail.rollout.core.policy import RolloutPolicy
 
 PROJECT = "modelrail"
 STACKS = ("dev", "staging", "prod")
@@ -96,37 +96,6 @@ class ModelSpec(_Model):
     @property
     def ref(self) -> str:
         return f"{self.name}:{self.version}" + (f"@sha256:{self.sha256}" if self.sha256 else "")
-
-
-class RolloutPolicy(_Model):
-    """Canary policy written into each model's ModelRollout resource."""
-
-    steps: list[int] = Field(min_length=1, max_length=20)
-    step_seconds: int = Field(ge=5, le=3600)
-    analysis_interval_seconds: int = Field(ge=1, le=600)
-    max_error_rate: float = Field(ge=0.0, le=1.0)
-    max_p99_latency_ms: float = Field(gt=0.0, le=60_000.0)
-    max_latency_ratio: float = Field(ge=1.0, le=100.0)
-    max_error_rate_increase: float = Field(ge=0.0, le=1.0)
-    max_label_disagreement: float = Field(ge=0.0, le=1.0)
-    min_requests_per_step: int = Field(ge=1, le=1_000_000)
-    failure_limit: int = Field(ge=0, le=100)
-    progress_deadline_seconds: int = Field(ge=30, le=86_400)
-    manual_gates: list[int] = Field(default_factory=list)
-
-    @model_validator(mode="after")
-    def _steps(self) -> RolloutPolicy:
-        s = self.steps
-        if any(w <= 0 or w > 100 for w in s):
-            raise ValueError(f"steps {s}: every weight must be from 1 to 100")
-        if any(b <= a for a, b in itertools.pairwise(s)):
-            raise ValueError(f"steps {s} are not strictly increasing")
-        if self.analysis_interval_seconds > self.step_seconds:
-            raise ValueError("analysisIntervalSeconds is longer than stepSeconds")
-        unknown = [g for g in self.manual_gates if g not in s]
-        if unknown:
-            raise ValueError(f"manualGates {unknown} are not weights in steps {s}")
-        return self
 
 
 class Quota(_Model):

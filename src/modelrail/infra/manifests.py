@@ -11,7 +11,8 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from modelrail.infra.config import ModelSpec, RolloutPolicy, StackConfig
+from modelrail.infra.config import ModelSpec, StackConfig
+from modelrail.rollout.core.policy import RolloutPolicy
 
 Obj = dict[str, Any]
 

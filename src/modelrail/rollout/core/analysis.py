@@ -67,6 +67,7 @@ class LoadSample:
 
     requests: int
     failures: int
+    error: str | None = None  # the run itself failed (not the canary): why, as the runner said
 
 
 @dataclass(frozen=True)
@@ -201,6 +202,9 @@ def check_load(spec: RolloutSpec, m: Measurements) -> Check | None:
         return None
     if m.load is None:
         return Check("load", Status.INCONCLUSIVE, "no load-test result yet")
+    if m.load.error is not None:
+        return Check("load", Status.FAIL, f"the load run failed: {m.load.error[:300]}",
+                     decisive=True)
     if m.load.requests == 0:
         return Check("load", Status.FAIL, "the load test produced no requests", decisive=True)
     return Check("load", Status.PASS,

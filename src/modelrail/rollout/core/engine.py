@@ -50,6 +50,7 @@ class Observation:
 
     now: float
     canary_ready: bool = False
+    canary_scaling: bool = False  # canary instances asked for are not ready yet (scale-up)
     observed_weight: int | None = None  # the canary weight the data plane really applies
     measurements: Measurements | None = None
     promoted: bool = False  # stable now runs the new version and is ready
@@ -167,6 +168,10 @@ def _progressing(spec: RolloutSpec, status: RolloutStatus, obs: Observation) -> 
         return Decision(status.evolve(message=f"waiting for weight {status.weight}% to be "
                                               f"applied (seen {obs.observed_weight})"),
                         Action.SET_WEIGHT, status.weight)
+    if obs.canary_scaling and not _deadline_passed(spec, status, obs.now):
+        # judge and advance only at full strength (the deadline still applies)
+        return _hold(status, f"canary weight {status.weight}%: waiting for the canary's "
+                             "scale-up before judging or advancing")
     if status.step_started_at is None:
         status = status.evolve(step_started_at=obs.now, last_progress_at=obs.now)
     verdict = analyse(spec, obs.measurements or Measurements())
@@ -207,6 +212,8 @@ def _advance(spec: RolloutSpec, status: RolloutStatus, now: float,
 def _paused(spec: RolloutSpec, status: RolloutStatus, obs: Observation) -> Decision:
     if obs.abort:
         return _rollback(status, Phase.ABORTED, "aborted at a manual gate")
+    if obs.canary_scaling:  # the deadline does not run while paused
+        return _hold(status.evolve(last_progress_at=obs.now), status.message)
     verdict = analyse(spec, obs.measurements or Measurements())
     if verdict.status is Status.FAIL and (verdict.decisive or
                                           status.failures + 1 > spec.failure_limit):

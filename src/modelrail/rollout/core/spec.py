@@ -11,7 +11,7 @@ from dataclasses import asdict, dataclass, field, replace
 from enum import StrEnum
 from typing import Any
 
-from modelrail.infra.config import RolloutPolicy
+from modelrail.rollout.core.policy import RolloutPolicy
 
 
 class Phase(StrEnum):
@@ -121,3 +121,33 @@ class RolloutStatus:
 
     def evolve(self, **changes: Any) -> RolloutStatus:
         return replace(self, **changes)
+
+
+@dataclass(frozen=True)
+class RolloutRecord:
+    """What the controller persists for one rollout, before and after each action: the
+    engine's status and how far the controller got in carrying it out."""
+
+    status: RolloutStatus
+    executed_seq: int = 0  # the last status.seq whose action was carried out
+    load_handle: str | None = None  # the running load of the current analysis interval
+    interval_started_at: float | None = None  # when that interval's load started
+    # terminal and nothing left to do: an abort or a deadline ends the rollout at once, and
+    # its traffic and canary are cleaned up on the ticks after
+    finished: bool = False
+
+    def evolve(self, **changes: Any) -> RolloutRecord:
+        return replace(self, **changes)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"status": self.status.to_dict(), "executed_seq": self.executed_seq,
+                "load_handle": self.load_handle,
+                "interval_started_at": self.interval_started_at, "finished": self.finished}
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> RolloutRecord:
+        return cls(status=RolloutStatus.from_dict(data["status"]),
+                   executed_seq=int(data.get("executed_seq", 0)),
+                   load_handle=data.get("load_handle") or None,
+                   interval_started_at=data.get("interval_started_at"),
+                   finished=bool(data.get("finished", False)))

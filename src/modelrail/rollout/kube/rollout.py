@@ -24,10 +24,11 @@ from typing import Any
 
 import numpy as np
 
-from modelrail.infra.config import ModelSpec, RolloutPolicy
+from modelrail.infra.config import ModelSpec
 from modelrail.rollout.core import engine
 from modelrail.rollout.core.analysis import LoadSample, Measurements, Verdict
 from modelrail.rollout.core.engine import Action, Decision, Observation
+from modelrail.rollout.core.policy import RolloutPolicy
 from modelrail.rollout.core.spec import Phase, RolloutSpec, RolloutStatus
 from modelrail.rollout.kube.platform import KubePlatform
 from modelrail.rollout.metrics.gate import Endpoint, ModelGateProvider

@@ -7,11 +7,13 @@ prints them without a traceback and maps each family to a documented exit code.
 
 from __future__ import annotations
 
+from modelrail.exit_codes import ExitCode
+
 
 class ModelrailError(Exception):
     """Base class: `str(err)` is a complete, actionable message."""
 
-    exit_code = 1
+    exit_code: int = ExitCode.FAILURE
 
     def __init__(self, what: str, *, where: str | None = None, accepted: str | None = None,
                  repair: str | None = None):
@@ -30,37 +32,37 @@ class ModelrailError(Exception):
 class InvalidInputError(ModelrailError):
     """A file, flag or value given by the user is malformed or out of range."""
 
-    exit_code = 2
+    exit_code = ExitCode.INVALID_INPUT
 
 
 class NotFoundError(ModelrailError):
     """A named thing (model version, environment, rollout) does not exist."""
 
-    exit_code = 2
+    exit_code = ExitCode.INVALID_INPUT
 
 
 class ConversionError(ModelrailError):
     """skl2onnx could not convert the estimator."""
 
-    exit_code = 3
+    exit_code = ExitCode.CONVERSION
 
 
 class ParityError(ModelrailError):
     """The ONNX graph does not answer like the scikit-learn model; nothing was registered."""
 
-    exit_code = 4
+    exit_code = ExitCode.PARITY
 
 
 class ConflictError(ModelrailError):
     """A version is immutable and the registry already holds different bytes under it."""
 
-    exit_code = 5
+    exit_code = ExitCode.CONFLICT
 
 
 class IntegrityError(ModelrailError):
     """A stored file's sha256 does not match the one recorded when it was registered."""
 
-    exit_code = 6
+    exit_code = ExitCode.INTEGRITY
 
 
 class CorruptStateError(IntegrityError):

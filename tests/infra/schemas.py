@@ -48,9 +48,13 @@ def validate(obj: dict[str, Any], k8s_version: str = K8S_VERSIONS[-1]) -> None:
 
 
 def _closed(schema: Any) -> Any:
-    """Add additionalProperties: false to every object schema that lists its properties."""
+    """Add additionalProperties: false to every object schema that lists its properties
+    (and read OpenAPI v3.0's boolean exclusive bounds as JSON Schema's numbers)."""
     if isinstance(schema, dict):
         out = {k: _closed(v) for k, v in schema.items()}
+        for bound, limit in (("exclusiveMinimum", "minimum"), ("exclusiveMaximum", "maximum")):
+            if out.get(bound) is True:  # OpenAPI v3.0's boolean form, as jsonschema reads it
+                out[bound] = out.pop(limit)
         if out.get("type") == "object" and "properties" in out and \
                 not out.get("x-kubernetes-preserve-unknown-fields"):
             out.setdefault("additionalProperties", False)

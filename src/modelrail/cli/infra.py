@@ -18,8 +18,9 @@ import yaml
 from modelrail.cli import localenv
 from modelrail.cli.output import add_output_flag, print_json
 from modelrail.durable import atomic_write_text
+from modelrail.exit_codes import ExitCode
 
-DRIFT_EXIT = 8
+DRIFT_EXIT = ExitCode.DRIFT
 
 
 def _project(q: argparse.ArgumentParser) -> None:

@@ -16,9 +16,11 @@ from typing import Any
 
 from modelrail.cli.output import print_json
 from modelrail.errors import InvalidInputError, NotFoundError
+from modelrail.exit_codes import ExitCode
+from modelrail.rollout import api
 
-EXIT_CODES = {"Succeeded": 0, "RolledBack": 9, "Failed": 10, "Aborted": 11}
-GROUP, VERSION, PLURAL = "modelrail.dev", "v1alpha1", "modelrollouts"
+EXIT_CODES = {phase.value: int(code) for phase, code in api.PHASE_EXIT.items()}
+GROUP, VERSION, PLURAL = api.GROUP, api.VERSION, api.PLURAL
 
 
 def add_flags(p: argparse.ArgumentParser) -> None:
@@ -115,7 +117,7 @@ def follow(kube: Kube, model: str, version: str | None, output: str, timeout: fl
             code = int(s["exit_code"])
             break
         if time.monotonic() - started > timeout:
-            code = s["exit_code"] = 10
+            code = s["exit_code"] = ExitCode.TIMED_OUT
             break
         time.sleep(0.5)
     if output == "json":
@@ -150,7 +152,7 @@ def command(args: argparse.Namespace) -> int:
                                     "at a manual gate", where="promote",
                                     accepted="promote passes a manual gate")
         seq = (st.get("rollout") or {}).get("seq", 0)
-        kube.patch(model, {"metadata": {"annotations": {"modelrail.dev/promote": str(seq)}}})
+        kube.patch(model, {"metadata": {"annotations": {api.PROMOTE_ANNOTATION: str(seq)}}})
     else:
         kube.patch(model, {"spec": {"abort": True}})
     print(f"{args.command} requested for {model} in {kube.ns}")

@@ -33,15 +33,17 @@ from modelrail.cli import kube as kube_cli
 from modelrail.cli.localenv import add_common
 from modelrail.cli.output import add_output_flag, print_json, table
 from modelrail.errors import CorruptStateError, InvalidInputError
+from modelrail.exit_codes import ExitCode
+from modelrail.rollout import api
 
-EXIT_ROLLED_BACK, EXIT_TIMED_OUT, EXIT_ABORTED = 9, 10, 11
+EXIT_ROLLED_BACK, EXIT_TIMED_OUT, EXIT_ABORTED = (
+    ExitCode.ROLLED_BACK, ExitCode.TIMED_OUT, ExitCode.ABORTED)
 # a follower meeting a file it cannot read retries this long before calling it corrupt: it
 # may be a copy being restored, a disk hiccup, or a writer on a file system without
 # atomic rename
 READ_GRACE_SECONDS = 5.0
 T = TypeVar("T")
-PHASE_EXIT = {"Succeeded": 0, "RolledBack": EXIT_ROLLED_BACK, "Failed": EXIT_TIMED_OUT,
-              "Aborted": EXIT_ABORTED}
+PHASE_EXIT = {phase.value: int(code) for phase, code in api.PHASE_EXIT.items()}
 
 
 def add_parser(sub: Any) -> None:

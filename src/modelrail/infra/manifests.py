@@ -12,13 +12,13 @@ import json
 from typing import Any
 
 from modelrail.infra.config import ModelSpec, StackConfig
+from modelrail.rollout import api
 from modelrail.rollout.core.policy import RolloutPolicy
 
 Obj = dict[str, Any]
 
-GROUP = "modelrail.dev"
-CRD_VERSION = "v1alpha1"
-ROLLOUT_API = f"{GROUP}/{CRD_VERSION}"
+GROUP = api.GROUP
+ROLLOUT_API = api.API_VERSION
 HTTP_PORT = 3000  # BentoML's port in the image
 GRPC_PORT = 8001
 RUN_AS = 1034  # the image's numeric non-root user (services/inference/Dockerfile.template)
@@ -305,25 +305,13 @@ def grpc_route(cfg: StackConfig, model: str, canary_weight: int = 0) -> Obj:
 
 
 def rollout_spec(policy: RolloutPolicy, model: ModelSpec) -> Obj:
-    return {
-        "model": model.name, "version": model.version,
-        **({"sha256": model.sha256} if model.sha256 else {}),
-        "steps": list(policy.steps), "stepSeconds": policy.step_seconds,
-        "analysisIntervalSeconds": policy.analysis_interval_seconds,
-        "thresholds": {"maxErrorRate": policy.max_error_rate,
-                       "maxP99LatencyMs": policy.max_p99_latency_ms,
-                       "maxLatencyRatio": policy.max_latency_ratio,
-                       "maxErrorRateIncrease": policy.max_error_rate_increase,
-                       "maxLabelDisagreement": policy.max_label_disagreement,
-                       "minRequestsPerStep": policy.min_requests_per_step},
-        "failureLimit": policy.failure_limit,
-        "progressDeadlineSeconds": policy.progress_deadline_seconds,
-        "manualGates": list(policy.manual_gates),
-    }
+    """A model's ModelRollout spec: the stack's policy in the contract's type (api.py)."""
+    return api.ModelRolloutSpec.from_policy(policy, model=model.name, version=model.version,
+                                            sha256=model.sha256).to_resource()
 
 
 def model_rollout(cfg: StackConfig, model: ModelSpec) -> Obj:
-    return {"apiVersion": ROLLOUT_API, "kind": "ModelRollout",
+    return {"apiVersion": ROLLOUT_API, "kind": api.KIND,
             "metadata": _meta(model.name, cfg, labels={"app.kubernetes.io/name": model.name}),
             "spec": rollout_spec(cfg.rollout, model)}
 
@@ -337,80 +325,9 @@ def model_serving(cfg: StackConfig, model: ModelSpec) -> list[Obj]:
 
 # --- rollout controller ------------------------------------------------------------------
 
-def _num(minimum: float | None = None, maximum: float | None = None,
-         integer: bool = False) -> Obj:
-    s: Obj = {"type": "integer" if integer else "number"}
-    if minimum is not None:
-        s["minimum"] = minimum
-    if maximum is not None:
-        s["maximum"] = maximum
-    return s
-
-
-PHASES = ["Initializing", "Progressing", "Paused", "Promoting", "Succeeded", "RollingBack",
-          "RolledBack", "Failed", "Aborted"]
-
-
 def rollout_crd() -> Obj:
-    """The ModelRollout CustomResourceDefinition with a full structural schema."""
-    weight = _num(1, 100, integer=True)
-    spec = {
-        "type": "object", "required": ["model", "version", "steps"],
-        "properties": {
-            "model": {"type": "string", "pattern": r"^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$"},
-            "version": {"type": "string", "minLength": 1, "maxLength": 63},
-            "sha256": {"type": "string", "pattern": "^[0-9a-f]{64}$"},
-            "steps": {"type": "array", "minItems": 1, "maxItems": 20, "items": weight},
-            "stepSeconds": _num(5, 3600, integer=True),
-            "analysisIntervalSeconds": _num(1, 600, integer=True),
-            "thresholds": {"type": "object", "properties": {
-                "maxErrorRate": _num(0, 1), "maxP99LatencyMs": _num(0, 60000),
-                "maxLatencyRatio": _num(1, 100), "maxErrorRateIncrease": _num(0, 1),
-                "maxLabelDisagreement": _num(0, 1),
-                "minRequestsPerStep": _num(1, 1000000, integer=True)}},
-            "failureLimit": _num(0, 100, integer=True),
-            "progressDeadlineSeconds": _num(30, 86400, integer=True),
-            "manualGates": {"type": "array", "items": weight},
-            "abort": {"type": "boolean"},
-            "promote": {"type": "boolean"},
-        }}
-    status = {"type": "object", "properties": {
-        "phase": {"type": "string", "enum": PHASES},
-        "stableVersion": {"type": "string"}, "canaryVersion": {"type": "string"},
-        "step": _num(0, 20, integer=True), "canaryWeight": _num(0, 100, integer=True),
-        "message": {"type": "string"},
-        "observedGeneration": {"type": "integer", "format": "int64"},
-        # the engine's own state (RolloutStatus) and the last action carried out: what a
-        # restarted operator resumes from
-        "rollout": {"type": "object", "x-kubernetes-preserve-unknown-fields": True},
-        "executedSeq": {"type": "integer", "format": "int64"},
-        "analysisJob": {"type": "string"},
-        "lastAnalysis": {"type": "object", "x-kubernetes-preserve-unknown-fields": True},
-        "conditions": {"type": "array", "items": {
-            "type": "object", "required": ["type", "status"],
-            "properties": {"type": {"type": "string"},
-                           "status": {"type": "string", "enum": ["True", "False", "Unknown"]},
-                           "reason": {"type": "string"}, "message": {"type": "string"},
-                           "lastTransitionTime": {"type": "string", "format": "date-time"}}}}}}
-    columns = [
-        {"name": "Model", "type": "string", "jsonPath": ".spec.model"},
-        {"name": "Stable", "type": "string", "jsonPath": ".status.stableVersion"},
-        {"name": "Canary", "type": "string", "jsonPath": ".status.canaryVersion"},
-        {"name": "Weight", "type": "integer", "jsonPath": ".status.canaryWeight"},
-        {"name": "Phase", "type": "string", "jsonPath": ".status.phase"},
-        {"name": "Age", "type": "date", "jsonPath": ".metadata.creationTimestamp"},
-    ]
-    return {"apiVersion": "apiextensions.k8s.io/v1", "kind": "CustomResourceDefinition",
-            "metadata": {"name": f"modelrollouts.{GROUP}", "labels": dict(PART_OF)},
-            "spec": {"group": GROUP, "scope": "Namespaced",
-                     "names": {"plural": "modelrollouts", "singular": "modelrollout",
-                               "kind": "ModelRollout", "shortNames": ["mro"]},
-                     "versions": [{"name": CRD_VERSION, "served": True, "storage": True,
-                                   "subresources": {"status": {}},
-                                   "additionalPrinterColumns": columns,
-                                   "schema": {"openAPIV3Schema": {
-                                       "type": "object",
-                                       "properties": {"spec": spec, "status": status}}}}]}}
+    """The ModelRollout CustomResourceDefinition (built from the contract, api.py)."""
+    return api.crd(labels=dict(PART_OF))
 
 
 def controller_deployment(cfg: StackConfig) -> Obj:

@@ -26,6 +26,7 @@ import yaml
 
 from modelrail import __version__
 from modelrail.errors import ModelrailError
+from modelrail.exit_codes import ExitCode
 from modelrail.models import bento_store
 from modelrail.serving.config import ModelRef
 from modelrail.serving.process import find_service_dir
@@ -38,7 +39,7 @@ GRPC_PORT = 8001
 class BuildError(ModelrailError):
     """`bentoml build` or the wheel build failed; the message carries their output."""
 
-    exit_code = 7
+    exit_code = ExitCode.PACKAGING
 
 
 @dataclass(frozen=True)

@@ -11,12 +11,13 @@ from typing import Any
 import pytest
 
 from modelrail.infra import manifests
+from modelrail.rollout import api
 from tests.infra.schemas import validate
 from tests.rollout.kube.conftest import NS, operator, operator_env, stack
 from tests.rollout.kube.harness import Call, Cluster, FakePrometheus
 
 pytestmark = pytest.mark.slow
-GROUP, VERSION = manifests.GROUP, manifests.CRD_VERSION
+GROUP, VERSION = api.GROUP, api.VERSION
 OBSERVED: list[Call] = []  # every operator call of this module, for the RBAC comparison
 
 

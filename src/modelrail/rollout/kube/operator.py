@@ -24,7 +24,8 @@ from typing import Any
 import kopf
 
 from modelrail.infra.config import StackConfig, load_stack
-from modelrail.infra.manifests import CRD_VERSION, GROUP
+from modelrail.rollout.api import GROUP, PLURAL
+from modelrail.rollout.api import VERSION as CRD_VERSION
 from modelrail.rollout.kube.platform import KubePlatform, api_client
 from modelrail.rollout.kube.rollout import KubeRollout
 from modelrail.rollout.metrics.prometheus import PrometheusProvider
@@ -78,7 +79,7 @@ def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) -> Non
     memo["controller"] = controller_from_env()
 
 
-@kopf.timer(GROUP, CRD_VERSION, "modelrollouts", interval=INTERVAL, sharp=False)
+@kopf.timer(GROUP, CRD_VERSION, PLURAL, interval=INTERVAL, sharp=False)
 def reconcile(body: kopf.Body, memo: Any, logger: logging.Logger | logging.LoggerAdapter[Any],
               **_: Any) -> None:
     controller: KubeRollout = memo["controller"]

@@ -18,6 +18,7 @@ from kubernetes.client.exceptions import ApiException
 
 from modelrail.infra import manifests
 from modelrail.infra.config import ModelSpec, StackConfig
+from modelrail.rollout import api
 
 USER_AGENT = "modelrail-operator"
 
@@ -180,7 +181,7 @@ class KubePlatform:
     def rollout(self, name: str) -> dict[str, Any] | None:
         try:
             obj = self.custom.get_namespaced_custom_object(
-                manifests.GROUP, manifests.CRD_VERSION, self.ns, "modelrollouts", name)
+                api.GROUP, api.VERSION, self.ns, api.PLURAL, name)
         except ApiException as exc:
             if _missing(exc):
                 return None
@@ -190,5 +191,5 @@ class KubePlatform:
 
     def patch_status(self, name: str, status: dict[str, Any]) -> None:
         self.custom.patch_namespaced_custom_object_status(
-            manifests.GROUP, manifests.CRD_VERSION, self.ns, "modelrollouts", name,
+            api.GROUP, api.VERSION, self.ns, api.PLURAL, name,
             {"status": status})

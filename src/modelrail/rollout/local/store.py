@@ -37,6 +37,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 
 from modelrail.durable import append_line, atomic_write_json
 from modelrail.errors import CorruptStateError, InvalidInputError, NotFoundError, describe_invalid
+from modelrail.exit_codes import ExitCode
 from modelrail.models.card import name_problem, version_problem
 from modelrail.rollout.core.spec import Phase, RolloutSpec, RolloutStatus
 from modelrail.serving.lifeline import pid_alive
@@ -429,4 +430,4 @@ def _running(files: RolloutFiles) -> bool:
 class EnvironmentDownError(NotFoundError):
     """The environment (or its controller) is not running."""
 
-    exit_code = 12
+    exit_code = ExitCode.ENV_NOT_UP

@@ -37,8 +37,8 @@ os.environ["ORT_DISABLE_TELEMETRY"] = "1"
 import numpy as np  # noqa: E402
 
 from benchmarks.loadgen import Result, http_request, run_grpc, run_http  # noqa: E402
+from modelrail.processes import free_port, stop, wait_ready  # noqa: E402
 from modelrail.serving._proto import oip_v2_pb2 as pb  # noqa: E402
-from modelrail.serving.process import free_port, stop, wait_ready  # noqa: E402
 
 PEERS = {
     "mlserver": ["mlserver==1.7.1", "mlserver-sklearn==1.7.1", "scikit-learn==1.9.1",
@@ -216,8 +216,8 @@ def _median_dicts(ds: list[dict[str, float]]) -> dict[str, float]:
 def start_all(card: Any, model_path: Path, row: np.ndarray, logs: Path,
               procs: list[subprocess.Popen[bytes]], *, peers: bool) -> list[Target]:
     """Start every server (each idles while another is measured) and wait for all."""
+    from modelrail.processes import server_command, spawn
     from modelrail.serving.config import ServingConfig
-    from modelrail.serving.process import server_command, spawn
 
     path = f"/v2/models/{card.name}/versions/{card.version}/infer"
     hp, gp = free_port(), free_port()

@@ -89,8 +89,7 @@ def prepare_models() -> None:
 
 
 def start_server(workers: int) -> Served:
-    from modelrail.serving.config import ServingConfig
-    from modelrail.serving.process import (
+    from modelrail.processes import (
         free_port,
         home_of,
         server_command,
@@ -98,6 +97,7 @@ def start_server(workers: int) -> Served:
         stop,
         wait_ready,
     )
+    from modelrail.serving.config import ServingConfig
 
     # everything the server (and BentoML) writes to a temp dir lands in one of our own,
     # checked empty once it has stopped
@@ -975,7 +975,7 @@ def slow_clients(http_port: int, grpc_port: int, count: int, seconds: float,
 # --- the run ---------------------------------------------------------------------------------
 
 def run(args: argparse.Namespace) -> dict[str, Any]:
-    from modelrail.serving.process import stop
+    from modelrail.processes import stop
 
     for sub in ("logs", "tmp", "train"):
         (WORK / sub).mkdir(parents=True, exist_ok=True)

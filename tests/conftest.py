@@ -96,8 +96,8 @@ class Server:
 def start_server(models: list[str], log_dir: Path, *, workers: int = 1,
                  extra_env: dict[str, str] | None = None, wait: bool = True,
                  max_request_bytes: int = 1024 * 1024) -> Server:
+    from modelrail.processes import free_port, server_command, spawn, stop, wait_ready
     from modelrail.serving.config import ServingConfig
-    from modelrail.serving.process import free_port, server_command, spawn, stop, wait_ready
 
     http_port, grpc_port = free_port(), free_port()
     config = ServingConfig.from_env({
@@ -134,7 +134,7 @@ def _wait_grpc(target: str, timeout: float = 30.0) -> None:
 def server(examples: dict[str, Example], tmp_path_factory: pytest.TempPathFactory,
            ) -> Iterator[Server]:
     """One server with every example model and two workers (gRPC on a shared port)."""
-    from modelrail.serving.process import stop
+    from modelrail.processes import stop
 
     srv = start_server(sorted(examples), tmp_path_factory.mktemp("server"), workers=2)
     yield srv

@@ -30,8 +30,7 @@ from pathlib import Path
 
 import pytest
 
-from modelrail.serving.lifeline import pid_alive
-from modelrail.serving.process import HOME_PREFIX, processes_with_env
+from modelrail.processes import HOME_PREFIX, pid_alive, processes_with_env
 
 SESSION_ENV = "MODELRAIL_TEST_SESSION"
 
@@ -114,7 +113,7 @@ class LeakCheck:
             return
         lines = [f"process {p.pid} still running (killed now): {p.cmdline}" for p in processes]
         lines += [f"private BentoML home not removed (removed now): {h}" for h in homes]
-        lines.append("whatever starts a server must stop it: serving.process.stop() ends its "
+        lines.append("whatever starts a server must stop it: processes.stop() ends its "
                      "workers and removes its home")
         reporter = session.config.pluginmanager.get_plugin("terminalreporter")
         if reporter is not None:

@@ -48,7 +48,7 @@ def hostile_server(examples: dict[str, Example], tmp_path_factory: pytest.TempPa
                    ) -> Iterator[Server]:
     """One worker (so an attack and the good requests share it), short client deadlines,
     a connection cap, and diabetes:1 wired to crash (a bug, not a refusal)."""
-    from modelrail.serving.process import stop
+    from modelrail.processes import stop
 
     srv = start_server(["iris:1", "diabetes:1"], tmp_path_factory.mktemp("hostile"),
                        workers=1, max_request_bytes=8 * 1024 * 1024, extra_env={

@@ -18,7 +18,7 @@ import pytest
 import tritonclient.grpc as tgrpc
 
 from modelrail.models import bento_store
-from modelrail.serving.process import stop
+from modelrail.processes import stop
 from tests.conftest import Example, Server, start_server
 from tests.models.helpers import tamper_first_float_initializer
 

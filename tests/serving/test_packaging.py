@@ -16,7 +16,7 @@ import httpx
 import pytest
 import yaml
 
-from modelrail.serving.process import free_port, stop, wait_ready
+from modelrail.processes import free_port, stop, wait_ready
 from tests.conftest import Example
 
 pytestmark = pytest.mark.slow

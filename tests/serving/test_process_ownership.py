@@ -20,8 +20,7 @@ from pathlib import Path
 
 import pytest
 
-from modelrail.serving.config import ModelRef, ServingConfig
-from modelrail.serving.process import (
+from modelrail.processes import (
     HOME_PREFIX,
     INSTANCE_ENV,
     ServerCommand,
@@ -36,6 +35,7 @@ from modelrail.serving.process import (
     stop,
     wait_ready,
 )
+from modelrail.serving.config import ModelRef, ServingConfig
 from tests.conftest import Example, start_server
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -394,7 +394,7 @@ import os
 import subprocess
 from pathlib import Path
 
-from modelrail.serving.process import private_bentoml_home
+from modelrail.processes import private_bentoml_home
 
 
 def test_starts_a_process_and_forgets_it():
@@ -411,7 +411,7 @@ import shutil
 import subprocess
 from pathlib import Path
 
-from modelrail.serving.process import private_bentoml_home
+from modelrail.processes import private_bentoml_home
 
 
 def test_starts_a_process_and_ends_it():

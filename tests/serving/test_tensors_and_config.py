@@ -86,7 +86,7 @@ def test_parse_model_ref_round_trip() -> None:
 
 
 def test_serving_processes_run_with_telemetry_off(monkeypatch: pytest.MonkeyPatch) -> None:
-    from modelrail.serving.process import server_command
+    from modelrail.processes import server_command
 
     monkeypatch.setenv("ORT_DISABLE_TELEMETRY", "0")  # even if the caller's env says otherwise
     monkeypatch.delenv("BENTOML_DO_NOT_TRACK", raising=False)
@@ -104,7 +104,7 @@ def test_private_home_is_removed_but_the_shared_store_is_kept(tmp_path: Path) ->
     import subprocess
     import sys
 
-    from modelrail.serving.process import _HOMES, private_bentoml_home, stop
+    from modelrail.processes import _HOMES, private_bentoml_home, stop
 
     shared = tmp_path / "shared"
     (shared / "models" / "iris").mkdir(parents=True)

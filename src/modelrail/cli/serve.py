@@ -34,8 +34,8 @@ def add_parser(sub: Any) -> None:
 
 
 def _serve(args: argparse.Namespace) -> int:
+    from modelrail.processes import run_in_foreground, server_command
     from modelrail.serving.config import ServingConfig
-    from modelrail.serving.process import run_in_foreground, server_command
 
     if args.http_port == args.grpc_port:
         raise InvalidInputError(f"HTTP and gRPC both on port {args.http_port}",
@@ -57,7 +57,7 @@ def check_servable(refs: tuple[ModelRef, ...]) -> None:
     error lists the registered versions), altered there, or pinned to another sha256."""
     from modelrail.models import bento_store
     from modelrail.models.registry import Registry
-    from modelrail.serving.process import shared_bentoml_home
+    from modelrail.processes import shared_bentoml_home
 
     for ref in refs:
         try:

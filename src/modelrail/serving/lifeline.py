@@ -24,51 +24,24 @@ replacement instance gets new ports; the watchdog's SIGKILL bounds a drain that 
 Measured: idle workers end 0.15 s after their instance is SIGKILLed; a request 0.5 s into
 a 2 s inference completes with 200 and its worker ends right after.
 
-`set_parent_death_signal()` is also used by serving.process to tie a `modelrail serve`
+`set_parent_death_signal()` (modelrail.processes) also ties a `modelrail serve`
 server to the command that started it.
 """
 
 from __future__ import annotations
 
-import ctypes
 import os
 import signal
 import sys
 import threading
 import time
-from pathlib import Path
-from typing import Any
+
+from modelrail.processes import pid_alive, set_parent_death_signal
 
 PARENT_ENV = "MODELRAIL_LIFELINE_PARENT"
 POLL_SECONDS = 0.5
 # a worker still alive this long after MODELRAIL_DRAIN_SECONDS has run out is SIGKILLed
 KILL_MARGIN_SECONDS = 5.0
-_PR_SET_PDEATHSIG = 1  # <linux/prctl.h>
-
-
-def _load_prctl() -> Any:
-    """libc's prctl, resolved once here: a preexec hook (serving.process) runs in a forked
-    child, where looking a symbol up could wait on a lock held by another thread."""
-    if not sys.platform.startswith("linux"):
-        return None
-    try:
-        prctl = ctypes.CDLL(None, use_errno=True).prctl  # this process's own libc
-    except (OSError, AttributeError):
-        return None
-    prctl.argtypes = [ctypes.c_int, *[ctypes.c_ulong] * 4]
-    prctl.restype = ctypes.c_int
-    return prctl
-
-
-_PRCTL = _load_prctl()
-
-
-def set_parent_death_signal(sig: int) -> bool:
-    """Ask the kernel to send `sig` to this process when its parent dies; False if the
-    platform cannot (not Linux)."""
-    return _PRCTL is not None and _PRCTL(_PR_SET_PDEATHSIG, sig, 0, 0, 0) == 0
-
-
 def bind_to_parent() -> None:
     """In a BentoML worker: end when the instance that started it ends, however it ends.
     In the instance itself: tell the workers it is about to start which process that is."""
@@ -123,18 +96,3 @@ def _drain_seconds() -> float:
         return max(0.0, float(os.environ.get("MODELRAIL_DRAIN_SECONDS", "10")))
     except ValueError:
         return 10.0
-
-
-def pid_alive(pid: int) -> bool:
-    """Whether `pid` runs (a zombie, exited but not reaped, counts as gone)."""
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return False
-    return stat.rsplit(")", 1)[-1].split()[0] != "Z"

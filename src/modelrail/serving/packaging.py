@@ -28,8 +28,8 @@ from modelrail import __version__
 from modelrail.errors import ModelrailError
 from modelrail.exit_codes import ExitCode
 from modelrail.models import bento_store
+from modelrail.processes import find_service_dir
 from modelrail.serving.config import ModelRef
-from modelrail.serving.process import find_service_dir
 
 BENTO_NAME = "modelrail-inference"
 HTTP_PORT = 3000

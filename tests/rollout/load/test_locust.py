@@ -10,9 +10,9 @@ from pathlib import Path
 import pytest
 
 from modelrail.errors import InvalidInputError
+from modelrail.processes import stop
 from modelrail.rollout.core.analysis import Measurements, Status, TrafficSample, analyse
 from modelrail.rollout.load.locust import run_load
-from modelrail.serving.process import stop
 from tests.conftest import Example, Server, start_server
 from tests.rollout.core.test_engine import GOOD, SPEC
 

@@ -14,9 +14,9 @@ from pathlib import Path
 
 import pytest
 
+from modelrail.processes import pid_alive
 from modelrail.rollout.load.client import ClientTraffic
 from modelrail.rollout.load.locust import run_load
-from modelrail.serving.lifeline import pid_alive
 from tests.conftest import Example
 from tests.rollout.envs import cli, env_info, local_env, write_stack
 

@@ -13,10 +13,10 @@ from pathlib import Path
 import httpx
 import pytest
 
+from modelrail.processes import wait_ready
 from modelrail.rollout.load.client import ClientTraffic
 from modelrail.rollout.local.platform import LocalEnvironment
 from modelrail.serving.config import ModelRef
-from modelrail.serving.process import wait_ready
 from tests.conftest import Example
 
 pytestmark = pytest.mark.slow

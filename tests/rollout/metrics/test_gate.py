@@ -9,9 +9,9 @@ import pytest
 
 from modelrail.models.register import register_estimator
 from modelrail.models.registry import Registry
+from modelrail.processes import stop
 from modelrail.rollout.core.analysis import Status, analyse
 from modelrail.rollout.metrics.gate import Endpoint, ModelGateProvider
-from modelrail.serving.process import stop
 from tests.conftest import Example, Server, start_server
 from tests.rollout.core.test_engine import GOOD, SPEC
 

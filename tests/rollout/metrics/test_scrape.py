@@ -8,9 +8,9 @@ import time
 import httpx
 import pytest
 
+from modelrail.processes import stop
 from modelrail.rollout.metrics.scrape import ScrapeProvider, Track, _increase, quantile
 from modelrail.serving.metrics import FLUSH_SECONDS
-from modelrail.serving.process import stop
 from tests.conftest import Example, start_server
 
 BODY = {"inputs": [{"name": "input", "datatype": "FP32", "shape": [1, 4],

@@ -16,9 +16,9 @@ import numpy as np
 import pytest
 import tritonclient.grpc as tgrpc
 
+from modelrail.processes import free_port, stop
 from modelrail.rollout.routers.nop import NopRouter
 from modelrail.rollout.routers.traefik import TraefikRouter
-from modelrail.serving.process import free_port, stop
 from tests.conftest import Example, Server, start_server
 
 pytestmark = pytest.mark.slow

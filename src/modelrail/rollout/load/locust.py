@@ -19,8 +19,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from modelrail.errors import InvalidInputError
+from modelrail.processes import find_service_dir
 from modelrail.rollout.core.analysis import LoadSample
-from modelrail.serving.process import find_service_dir
 
 LOCUSTFILES = {"rest": "oip_rest.py", "grpc": "oip_grpc.py"}
 

@@ -25,9 +25,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from modelrail.rollout.routers.traefik import TraefikRouter
-from modelrail.serving.config import ModelRef, ServingConfig, parse_model_ref
-from modelrail.serving.process import (
+from modelrail.processes import (
     Adopted,
     Proc,
     free_port,
@@ -38,6 +36,8 @@ from modelrail.serving.process import (
     stop,
     wait_ready,
 )
+from modelrail.rollout.routers.traefik import TraefikRouter
+from modelrail.serving.config import ModelRef, ServingConfig, parse_model_ref
 
 log = logging.getLogger(__name__)
 TRACKS = ("stable", "canary")

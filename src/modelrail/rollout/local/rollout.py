@@ -30,6 +30,7 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
+from modelrail.processes import wait_ready
 from modelrail.rollout.core import engine
 from modelrail.rollout.core.analysis import LoadSample, Measurements, TrafficSample
 from modelrail.rollout.core.engine import Action, Decision, Observation
@@ -40,7 +41,6 @@ from modelrail.rollout.local.store import RolloutFiles, append_jsonl, read_jsonl
 from modelrail.rollout.metrics.gate import Endpoint, ModelGateProvider
 from modelrail.rollout.metrics.scrape import ScrapeProvider, Track
 from modelrail.serving.config import ModelRef
-from modelrail.serving.process import wait_ready
 
 log = logging.getLogger(__name__)
 

@@ -39,8 +39,8 @@ from modelrail.durable import append_line, atomic_write_json
 from modelrail.errors import CorruptStateError, InvalidInputError, NotFoundError, describe_invalid
 from modelrail.exit_codes import ExitCode
 from modelrail.models.card import name_problem, version_problem
+from modelrail.processes import pid_alive
 from modelrail.rollout.core.spec import Phase, RolloutSpec, RolloutStatus
-from modelrail.serving.lifeline import pid_alive
 
 _ENV_RE = re.compile(r"^[a-z0-9]([-a-z0-9]{0,30}[a-z0-9])?$")
 # what new_rollout makes: a UTC timestamp, the model name and the version (+ "-n")

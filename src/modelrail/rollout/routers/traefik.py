@@ -25,7 +25,7 @@ import yaml
 
 from modelrail.durable import atomic_write_text
 from modelrail.errors import ModelrailError
-from modelrail.serving.process import Adopted, Proc
+from modelrail.processes import Adopted, Proc
 
 
 @dataclass

@@ -1,7 +1,10 @@
-"""How a serving process is started: the one place that builds `bentoml serve`'s command.
+"""The processes modelrail runs on this machine, started, adopted and stopped in one
+place: serving instances (the one place that builds `bentoml serve`'s command), the
+Traefik proxy and Locust runs of the local platform.
 
-Used by `modelrail serve` (foreground), by the tests and benchmarks, and by the local
-platform of the rollout engine (one process per instance).
+Used by `modelrail serve` (foreground), by the local platform of the rollout controller
+(one process per instance, the proxy), by the tests and the benchmarks. A BentoML worker
+itself uses only `pid_alive` and `set_parent_death_signal` (serving/lifeline.py).
 
 Every server gets a private BentoML home and a unique MODELRAIL_INSTANCE_ID in its
 environment, which every process it starts inherits (BentoML's workers run in sessions of
@@ -12,6 +15,7 @@ every process still carrying its id, then removes its home.
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import os
 import shutil
 import signal
@@ -24,12 +28,11 @@ import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import IO
+from typing import IO, Any
 
 import modelrail
 from modelrail.errors import InvalidInputError
 from modelrail.serving.config import ServingConfig
-from modelrail.serving.lifeline import pid_alive, set_parent_death_signal
 
 SERVICE_TARGET = "service:InferenceService"
 INSTANCE_ENV = "MODELRAIL_INSTANCE_ID"
@@ -316,3 +319,44 @@ def free_port(host: str = "127.0.0.1") -> int:
     with socket.socket() as s:
         s.bind((host, 0))
         return int(s.getsockname()[1])
+
+
+_PR_SET_PDEATHSIG = 1  # <linux/prctl.h>
+
+
+def _load_prctl() -> Any:
+    """libc's prctl, resolved once here: a preexec hook (spawn) runs in a forked
+    child, where looking a symbol up could wait on a lock held by another thread."""
+    if not sys.platform.startswith("linux"):
+        return None
+    try:
+        prctl = ctypes.CDLL(None, use_errno=True).prctl  # this process's own libc
+    except (OSError, AttributeError):
+        return None
+    prctl.argtypes = [ctypes.c_int, *[ctypes.c_ulong] * 4]
+    prctl.restype = ctypes.c_int
+    return prctl
+
+
+_PRCTL = _load_prctl()
+
+
+def set_parent_death_signal(sig: int) -> bool:
+    """Ask the kernel to send `sig` to this process when its parent dies; False if the
+    platform cannot (not Linux)."""
+    return _PRCTL is not None and _PRCTL(_PR_SET_PDEATHSIG, sig, 0, 0, 0) == 0
+
+
+def pid_alive(pid: int) -> bool:
+    """Whether `pid` runs (a zombie, exited but not reaped, counts as gone)."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return False
+    return stat.rsplit(")", 1)[-1].split()[0] != "Z"

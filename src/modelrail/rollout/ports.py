@@ -129,6 +129,10 @@ class LoadError(RuntimeError):
     the controller records it and counts the interval as a failed load run."""
 
 
+class LoadLostError(LoadError):
+    """The runner does not know the handle (it restarted): the interval starts again."""
+
+
 class LoadRunner(Protocol):
     """Runs Locust against a canary for one analysis interval."""
 

@@ -19,6 +19,7 @@ from modelrail.rollout.ports import (
     GateEndpoint,
     Journal,
     LoadError,
+    LoadLostError,
     LoadRunner,
     LoadTarget,
     MetricProvider,
@@ -147,8 +148,6 @@ class FakeLoad:
         return handle
 
     def result(self, *, handle: str) -> LoadSample | None:
-        from modelrail.rollout.core.controller import LoadLostError
-
         if handle not in self.runs:
             raise LoadLostError(f"unknown load run {handle!r}")
         if not self.runs[handle][1]:

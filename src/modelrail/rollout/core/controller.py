@@ -31,6 +31,7 @@ from modelrail.rollout.ports import (
     GateEndpoint,
     Journal,
     LoadError,
+    LoadLostError,
     LoadRunner,
     LoadTarget,
     MetricProvider,
@@ -41,10 +42,6 @@ from modelrail.rollout.ports import (
     RecordStore,
     TrafficRouter,
 )
-
-
-class LoadLostError(LoadError):
-    """The runner does not know the handle (it restarted): the interval starts again."""
 
 
 @dataclass(frozen=True)

@@ -1,6 +1,6 @@
 """Offline validators: the official Kubernetes schemas (kubernetes-validate, strict) for
 built-in kinds, the Gateway API v1.6.1 CRD schemas for routes, and modelrail's own CRD
-schema for ModelRollout. Shared by the infrastructure and (later) controller tests."""
+schema for ModelRollout. Shared by the infrastructure, contract and operator tests."""
 
 from __future__ import annotations
 

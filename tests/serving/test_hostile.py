@@ -1,5 +1,5 @@
-"""Hostile clients against a real server (loopback, bounded): each class of attack from the
-hardening issue, on both protocols.
+"""Hostile clients against a real server (loopback, bounded): each class of attack that
+once stalled, crashed or fooled a server, on both protocols.
 
 - bounded work: shapes that used to cost seconds to minutes of CPU are refused at once and
   good requests on the same (single) worker are not held up;

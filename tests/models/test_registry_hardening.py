@@ -217,3 +217,20 @@ def test_stats_is_a_reserved_model_name() -> None:
     with pytest.raises(InvalidInputError, match="reserved"):
         parse_ref("stats:1")
     assert check_name("stats-model") == "stats-model"
+
+
+def test_a_version_is_never_found_by_its_prefix() -> None:
+    """BentoML's own lookup takes a version prefix (`prefixmodel:9` would find
+    `prefixmodel:99-wrong`): every lookup of ours is exact, so a missing version is missing
+    and registering `:9` beside `:99-wrong` is not a conflict."""
+    from modelrail.errors import NotFoundError
+    from modelrail.models import bento_store
+
+    other = ONNX + b"\x00"
+    bento_store.save(fake_card("prefixmodel", "99-wrong", data=other), other)
+    assert bento_store.stored_sha256("prefixmodel:9") is None
+    with pytest.raises(NotFoundError, match="no model prefixmodel:9"):
+        bento_store.load("prefixmodel:9")
+    assert bento_store.save(fake_card("prefixmodel", "9"), ONNX) == "prefixmodel:9"
+    card, data = bento_store.load("prefixmodel:9")
+    assert card.version == "9" and data == ONNX

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 from pathlib import Path
+from typing import Any
 
 import modelrail  # noqa: F401  # BENTOML_DO_NOT_TRACK before bentoml loads
 from modelrail.durable import atomic_write_bytes, atomic_write_text, fsync_tree
@@ -30,16 +31,25 @@ def tag_of(card: ModelCard) -> str:
     return f"{card.name}:{card.version}"
 
 
-def save(card: ModelCard, onnx_bytes: bytes) -> str:
-    """Save (or confirm) the model under its pinned tag; returns the tag."""
+def _get_exact(tag: str) -> Any | None:
+    """BentoML's model under exactly `tag`, or None. (BentoML's own lookup also takes a
+    version *prefix*: `iris:9` would find `iris:99-wrong`, a different model.)"""
     import bentoml
     from bentoml.exceptions import NotFound
 
-    tag = tag_of(card)
     try:
-        existing = bentoml.models.get(tag)
+        model = bentoml.models.get(tag)
     except NotFound:
-        existing = None
+        return None
+    return model if str(model.tag) == tag else None
+
+
+def save(card: ModelCard, onnx_bytes: bytes) -> str:
+    """Save (or confirm) the model under its pinned tag; returns the tag."""
+    import bentoml
+
+    tag = tag_of(card)
+    existing = _get_exact(tag)
     if existing is not None:
         stored = hashlib.sha256(Path(existing.path_of(ONNX_FILE)).read_bytes()).hexdigest()
         if stored != card.sha256:
@@ -63,12 +73,9 @@ def save(card: ModelCard, onnx_bytes: bytes) -> str:
 
 def stored_sha256(tag: str) -> str | None:
     """sha256 of the ONNX file BentoML holds under `tag`, or None if it holds none."""
-    import bentoml
-    from bentoml.exceptions import NotFound
 
-    try:
-        model = bentoml.models.get(tag)
-    except NotFound:
+    model = _get_exact(tag)
+    if model is None:
         return None
     path = Path(model.path_of(ONNX_FILE))
     return hashlib.sha256(path.read_bytes()).hexdigest() if path.exists() else None
@@ -76,14 +83,11 @@ def stored_sha256(tag: str) -> str | None:
 
 def load(tag: str) -> tuple[ModelCard, bytes]:
     """The card and verified ONNX bytes of a model in BentoML's store."""
-    import bentoml
-    from bentoml.exceptions import NotFound
 
-    try:
-        model = bentoml.models.get(tag)
-    except NotFound as exc:
+    model = _get_exact(tag)
+    if model is None:
         raise NotFoundError(f"no model {tag} in BentoML's model store", where="bentoml",
-                            accepted="a tag saved by `modelrail model register`") from exc
+                            accepted="a tag saved by `modelrail model register`")
     card_path = Path(model.path_of(CARD_FILE))
     try:
         card = ModelCard.model_validate_json(card_path.read_bytes())

@@ -27,6 +27,7 @@ test-quick: install lint
 lint: install
 	$(BIN)/ruff check .
 	$(BIN)/mypy
+	$(BIN)/lint-imports
 
 install:
 	@./scripts/bootstrap.sh

@@ -7,9 +7,11 @@ loaded directly and gated before any user request), and with live-traffic analys
 
     .venv/bin/python benchmarks/rollout.py
 
-Real processes, real Traefik, real Locust, continuous client load through the proxy;
-loopback only, bounded in time. Results: .modelrail/bench/rollout.json and the rollout
-section of BENCHMARKS.md.
+Real processes, real Traefik, real Locust, continuous client load through the proxy; the
+rollout runs as the environment's daemon runs it (local/runner.py: the rollout controller
+over the local platform, built from the rollout's files), the platform supervised every
+second in the same loop. Loopback only, bounded in time. Results:
+.modelrail/bench/rollout.json and the rollout section of BENCHMARKS.md.
 """
 
 from __future__ import annotations
@@ -31,12 +33,12 @@ os.environ.setdefault("MODELRAIL_REGISTRY", str(WORK / "registry"))
 
 import numpy as np  # noqa: E402
 
-from modelrail.rollout.core.engine import Decision  # noqa: E402
+from modelrail.models.registry import Registry  # noqa: E402
 from modelrail.rollout.core.spec import RolloutSpec, Thresholds  # noqa: E402
 from modelrail.rollout.load.client import ClientTraffic  # noqa: E402
 from modelrail.rollout.local.platform import LocalEnvironment  # noqa: E402
-from modelrail.rollout.local.rollout import LocalRollout  # noqa: E402
-from modelrail.rollout.local.store import RolloutFiles  # noqa: E402
+from modelrail.rollout.local.runner import TICK_SECONDS, open_rollout  # noqa: E402
+from modelrail.rollout.local.store import RolloutFiles, write_json  # noqa: E402
 from modelrail.serving.config import ModelRef  # noqa: E402
 
 BODY = {"inputs": [{"name": "input", "datatype": "FP32", "shape": [1, 4],
@@ -77,31 +79,49 @@ def scenario(name: str, rows: np.ndarray, spec: RolloutSpec,
     shutil.rmtree(WORK / "rollout" / name, ignore_errors=True)  # a fresh rollout, not a resume
     env = LocalEnvironment(name=name, run_dir=WORK / "rollout" / name,
                            extra_env={"MODELRAIL_FAULTS": json.dumps(faults)})
+    files = RolloutFiles(WORK / "rollout" / name / "rollouts" / f"20250101T000000-iris-{name}")
+    files.dir.mkdir(parents=True)
+    task = Registry().get(spec.model, spec.canary_version).task
+    write_json(files.request, {"id": files.id, "env": name, "spec": spec.to_dict(),
+                               "task": task})
+    write_json(files.sample, {"rows": rows.tolist()})
     env.start()
     first_traffic: list[float] = []
     done_at: list[float] = []
     propagation: list[float] = []
+    asked: tuple[int, float] | None = None  # a weight decided and not yet seen applied
     try:
         env.scale("iris", "stable", ref=ModelRef("iris", "1"), replicas=1)
         env.router.set_weight(route="iris", canary_weight=0)
         env.router.wait_applied(route="iris")
-        def on_decision(d: Decision) -> None:
-            if d.action.value == "set_weight" and d.weight > 0:
-                t0 = time.monotonic()
-                while env.router.observed_weight(route="iris") != d.weight:
-                    time.sleep(0.02)
-                propagation.append(time.monotonic() - t0)
-                if not first_traffic:
-                    first_traffic.append(time.monotonic())
-            if d.status.phase.terminal:
-                done_at.append(time.monotonic())
-
         traffic = ClientTraffic(f"http://127.0.0.1:{env.router.http_port}/v2/models/iris/"
                                 "infer", BODY, max_seconds=300).start()
         started = time.monotonic()
-        status = LocalRollout(env=env, spec=spec, rows=rows, task="classification",
-                              files=RolloutFiles(WORK / "rollout" / name / "rollout"),
-                              on_decision=on_decision).run(deadline_seconds=240)
+        runner = open_rollout(files, env=env, registry=Registry(),
+                              audit_path=files.dir / "audit.jsonl")
+        weight, last_supervised = 0, 0.0
+        try:
+            while not runner.finished and time.monotonic() - started < 240:
+                status = runner.tick()
+                now = time.monotonic()
+                if now - last_supervised >= 1.0:  # as the daemon's loop does
+                    env.supervise()
+                    last_supervised = now
+                if status.weight > 0 and status.weight != weight:
+                    asked = (status.weight, now)  # set on Traefik → observed on its API
+                weight = status.weight
+                observed = env.router.observed_weight(route="iris")
+                if asked is not None and observed == asked[0]:
+                    propagation.append(time.monotonic() - asked[1])
+                    asked = None
+                if observed and not first_traffic:
+                    first_traffic.append(time.monotonic())
+                time.sleep(TICK_SECONDS / 5)
+            if runner.finished:
+                done_at.append(time.monotonic())
+        finally:
+            runner.close()
+        status = runner.controller.status
         traffic.stop()
     finally:
         env.stop()

@@ -84,3 +84,30 @@ def test_namespace_is_restricted_and_default_denied(stack: str) -> None:
     deny = next(o for o in objs if o["kind"] == "NetworkPolicy"
                 and o["metadata"]["name"] == "default-deny")
     assert deny["spec"] == {"podSelector": {}, "policyTypes": ["Ingress", "Egress"]}
+
+
+def _selects(selector: dict[str, Any], labels: dict[str, str]) -> bool:
+    """A podSelector (matchLabels, matchExpressions with In) against a pod's labels."""
+    if any(labels.get(k) != v for k, v in selector.get("matchLabels", {}).items()):
+        return False
+    return all(e["operator"] == "In" and labels.get(e["key"]) in e["values"]
+               for e in selector.get("matchExpressions", []))
+
+
+@pytest.mark.parametrize("stack", STACKS)
+def test_load_jobs_may_reach_the_models_through_the_default_deny(stack: str) -> None:
+    """The operator's Locust Jobs (manifests.load_job) carry the labels the NetworkPolicies
+    allow: egress to the inference pods, and ingress into them."""
+    from modelrail.infra.manifests import load_job
+
+    cfg = load_stack(stack, ROOT)
+    job = load_job(cfg, name="iris-load-1", model="iris", version="2",
+                   target="http://iris-canary:3000", rows=[[1.0]], seconds=1, users=1)
+    pod = job["spec"]["template"]["metadata"]["labels"]
+    policies = [o for o in render(cfg) if o["kind"] == "NetworkPolicy"]
+    egress = [p for p in policies if "Egress" in p["spec"]["policyTypes"]
+              and p["spec"]["podSelector"] and _selects(p["spec"]["podSelector"], pod)]
+    assert egress, "no NetworkPolicy lets the load Job's pods out"
+    ingress = next(p for p in policies if p["metadata"]["name"] == "allow-inference-ingress")
+    assert any(_selects(peer["podSelector"], pod) for rule in ingress["spec"]["ingress"]
+               for peer in rule["from"] if "podSelector" in peer)

@@ -30,7 +30,8 @@ import httpx
 import numpy as np
 import pytest
 
-from modelrail.rollout.metrics.scrape import ScrapeProvider, Track
+from modelrail.rollout.metrics.scrape import ScrapeProvider
+from modelrail.rollout.ports import MetricTrack
 from modelrail.serving._proto import oip_v2_pb2 as pb
 from tests.conftest import Example, Server, start_server
 
@@ -193,8 +194,9 @@ def test_rest_hostile_input_is_a_4xx_and_keeps_the_connection(
 
 def test_server_errors_are_answered_and_counted_on_both_protocols(
         hostile_server: Server) -> None:
-    scrape = ScrapeProvider({"canary": Track("diabetes", "1", (hostile_server.http_url,))})
-    scrape.sample(track="canary")  # baseline
+    scrape = ScrapeProvider()
+    canary = MetricTrack("diabetes", "1", (hostile_server.http_url,))
+    scrape.sample(track=canary, window_seconds=1)  # baseline
     rest_before = _metric(hostile_server, "modelrail_requests_total", model="diabetes",
                           protocol="rest", outcome="5xx")
     conn = _conn(hostile_server)
@@ -219,7 +221,7 @@ def test_server_errors_are_answered_and_counted_on_both_protocols(
                    protocol="rest", outcome="5xx") == rest_before + 3
     assert _metric(hostile_server, "modelrail_requests_total", model="diabetes",
                    protocol="grpc", outcome="INTERNAL") >= 2
-    sample = scrape.sample(track="canary")
+    sample = scrape.sample(track=canary, window_seconds=1)
     assert sample is not None and sample.errors == 5 and sample.requests == 5
 
 

@@ -2,7 +2,7 @@
 
 The ModelRollout resource is the interface, as `kubectl` would use it: `start` sets
 `spec.version` (and clears `spec.abort`), `promote` sets the annotation
-`modelrail.dev/promote` to the paused rollout's seq, `abort` sets `spec.abort`; `status`
+api.PROMOTE_ANNOTATION to the paused rollout's seq, `abort` sets `spec.abort`; `status`
 and `--wait` read `.status` written by the operator. Kubeconfig ($KUBECONFIG, --kubeconfig)
 or the in-cluster service account; the namespace from --namespace, else
 $MODELRAIL_NAMESPACE, else the kubeconfig context's.
@@ -18,9 +18,9 @@ from modelrail.cli.output import print_json
 from modelrail.errors import InvalidInputError, NotFoundError
 from modelrail.exit_codes import ExitCode
 from modelrail.rollout import api
+from modelrail.rollout.core.spec import Phase
 
 EXIT_CODES = {phase.value: int(code) for phase, code in api.PHASE_EXIT.items()}
-GROUP, VERSION, PLURAL = api.GROUP, api.VERSION, api.PLURAL
 
 
 def add_flags(p: argparse.ArgumentParser) -> None:
@@ -32,57 +32,49 @@ def add_flags(p: argparse.ArgumentParser) -> None:
 
 
 class Kube:
+    """The ModelRollouts of one namespace, through kube/platform.py (the only module that
+    imports the Kubernetes client; imported here only when --kube is given)."""
+
     def __init__(self, args: argparse.Namespace) -> None:
         import os
 
-        from kubernetes import client, config
+        from modelrail.rollout.kube import platform
 
-        from modelrail.rollout.kube.platform import api_client
-
-        self.api = client.CustomObjectsApi(api_client(kubeconfig=args.kubeconfig,
-                                                      user_agent="modelrail-cli"))
-        ns = args.namespace or os.environ.get("MODELRAIL_NAMESPACE")
-        if not ns:
-            try:
-                _, active = config.list_kube_config_contexts(  # type: ignore[no-untyped-call]
-                    config_file=args.kubeconfig or os.environ.get("KUBECONFIG"))
-                ns = active.get("context", {}).get("namespace")
-            except config.ConfigException:
-                ns = None
+        ns = (args.namespace or os.environ.get("MODELRAIL_NAMESPACE")
+              or platform.context_namespace(args.kubeconfig))
         if not ns:
             raise InvalidInputError("no namespace for --kube", where="--namespace",
                                     accepted="--namespace, $MODELRAIL_NAMESPACE, or a "
                                              "kubeconfig context with a namespace")
         self.ns = ns
+        self.objects = platform.connect(namespace=ns, kubeconfig=args.kubeconfig,
+                                        user_agent="modelrail-cli")
 
     def get(self, model: str) -> dict[str, Any]:
-        from kubernetes.client.exceptions import ApiException
-
-        try:
-            obj: dict[str, Any] = self.api.get_namespaced_custom_object(  # type: ignore[assignment]
-                GROUP, VERSION, self.ns, PLURAL, model)
-        except ApiException as exc:
-            if exc.status == 404:
-                raise NotFoundError(f"no ModelRollout {model!r} in namespace {self.ns}",
-                                    where="--model", accepted="a model of the environment "
-                                    "(created by `pulumi up`)") from None
-            raise
+        obj = self.objects.rollout(model)
+        if obj is None:
+            raise NotFoundError(f"no {api.KIND} {model!r} in namespace {self.ns}",
+                                where="--model", accepted="a model of the environment "
+                                "(created by `pulumi up`)")
         return obj
 
     def patch(self, model: str, body: dict[str, Any]) -> None:
-        self.api.patch_namespaced_custom_object(GROUP, VERSION, self.ns, PLURAL, model, body)
+        self.objects.patch_rollout(model, body)
 
 
 def summary(obj: dict[str, Any]) -> dict[str, Any]:
+    """What `status` prints; `exit_code` only once the rollout is over and cleaned up."""
     st = obj.get("status") or {}
     phase = st.get("phase", "Pending")
-    done = "rollout" not in st or st.get("executedSeq") == st["rollout"].get("seq")
+    record = st.get("rollout")
+    done = record is None or bool(record.get("finished"))
     return {"model": obj["spec"]["model"], "desired": obj["spec"]["version"],
             "stable": st.get("stableVersion"), "canary": st.get("canaryVersion"),
             "phase": phase, "weight": st.get("canaryWeight", 0),
             "message": st.get("message", ""),
             "exit_code": EXIT_CODES.get(phase) if done else None,
-            "last_analysis": st.get("lastAnalysis")}
+            "last_analysis": st.get("lastAnalysis"),
+            "conditions": [c for c in st.get("conditions") or [] if c.get("status") == "False"]}
 
 
 def start(args: argparse.Namespace, model: str, version: str) -> int:
@@ -138,6 +130,8 @@ def status(args: argparse.Namespace) -> int:
     else:
         print(f"{model}: stable {s['stable']} canary {s['canary']}: {s['phase']} at "
               f"{s['weight']}% — {s['message']}")
+        for c in s["conditions"]:
+            print(f"  {c['type']}: {c.get('reason', '')}: {c.get('message', '')}")
     return int(s["exit_code"] or 0)
 
 
@@ -147,11 +141,11 @@ def command(args: argparse.Namespace) -> int:
     obj = kube.get(model)
     st = obj.get("status") or {}
     if args.command == "promote":
-        if st.get("phase") != "Paused":
+        if st.get("phase") != Phase.PAUSED.value:
             raise InvalidInputError(f"the rollout of {model} is {st.get('phase')}, not paused "
                                     "at a manual gate", where="promote",
                                     accepted="promote passes a manual gate")
-        seq = (st.get("rollout") or {}).get("seq", 0)
+        seq = ((st.get("rollout") or {}).get("status") or {}).get("seq", 0)
         kube.patch(model, {"metadata": {"annotations": {api.PROMOTE_ANNOTATION: str(seq)}}})
     else:
         kube.patch(model, {"spec": {"abort": True}})

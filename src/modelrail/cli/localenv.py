@@ -1,7 +1,7 @@
 """`modelrail env up|status|down ENV`: a local environment as real processes.
 
 up      validate the stack file, check its models are registered, start the environment's
-        controller in the background (platforms/daemon.py) and wait until every stable
+        controller in the background (rollout/local/daemon.py) and wait until every stable
         instance is ready; idempotent (an environment already up is left alone; one whose
         controller died is adopted, rollouts resume)
 status  the controller, the proxy's endpoints, each model's stable and canary tracks, and

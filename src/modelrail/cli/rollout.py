@@ -387,7 +387,7 @@ def _history(args: argparse.Namespace) -> int:
 
 
 def _audit_entry_ok(e: dict[str, Any]) -> bool:
-    """An audit line has what `history` prints (written by local_controller._audit)."""
+    """An audit line has what `history` prints (written by store.AuditJournal)."""
     text = ("rollout", "from", "to", "action", "message", "model")
     return (all(isinstance(e.get(k), str) for k in text)
             and isinstance(e.get("at"), int | float) and isinstance(e.get("weight"), int)

@@ -30,12 +30,18 @@ PART_OF = {"app.kubernetes.io/part-of": "modelrail"}
 GATEWAY_API = "gateway.networking.k8s.io/v1"
 PEERING_API = "kopf.dev/v1"
 PEERING = "modelrail-controller"  # the KopfPeering the controller replicas coordinate on
+# labels of the program's objects; the operator reads a serving Deployment's version from
+# VERSION_LABEL
+ENVIRONMENT_LABEL = f"{GROUP}/environment"
+TRACK_LABEL = f"{GROUP}/track"
+VERSION_LABEL = f"{GROUP}/model-version"
+LOADTEST = "loadtest"  # the component of the Locust Jobs (the NetworkPolicies name it)
 
 
 def _meta(name: str, cfg: StackConfig, *, namespaced: bool = True,
           labels: dict[str, str] | None = None) -> Obj:
-    meta: Obj = {"name": name, "labels": {**PART_OF, "modelrail.dev/environment":
-                                          cfg.environment, **(labels or {})}}
+    meta: Obj = {"name": name, "labels": {**PART_OF, ENVIRONMENT_LABEL: cfg.environment,
+                                          **(labels or {})}}
     if namespaced:
         meta["namespace"] = cfg.namespace
     return meta
@@ -106,7 +112,7 @@ def network_policies(cfg: StackConfig) -> list[Obj]:
                       # the controller and load-test Jobs of this namespace
                       {"from": [{"podSelector": {"matchExpressions": [{
                           "key": "app.kubernetes.io/component", "operator": "In",
-                          "values": ["controller", "loadtest"]}]}}],
+                          "values": ["controller", LOADTEST]}]}}],
                        "ports": _ports(HTTP_PORT, GRPC_PORT)},
                       {"from": [_ns_selector(cfg.monitoring_namespace)],
                        "ports": _ports(HTTP_PORT)}]}},
@@ -121,7 +127,7 @@ def network_policies(cfg: StackConfig) -> list[Obj]:
                       {"ports": _ports(443, 6443)}]}},
         {"apiVersion": api, "kind": "NetworkPolicy",
          "metadata": _meta("allow-loadtest-egress", cfg),
-         "spec": {"podSelector": {"matchLabels": {"app.kubernetes.io/component": "loadtest"}},
+         "spec": {"podSelector": {"matchLabels": {"app.kubernetes.io/component": LOADTEST}},
                   "policyTypes": ["Egress"],
                   "egress": [{"to": [{"podSelector": inference}],
                               "ports": _ports(HTTP_PORT, GRPC_PORT)}]}},
@@ -140,16 +146,16 @@ def _rule(groups: list[str], resources: list[str], verbs: list[str]) -> Obj:
 READ = ["get", "list", "watch"]
 CI_RULES = [
     # start, follow, promote and abort rollouts; read what they act on
-    _rule([GROUP], ["modelrollouts"], [*READ, "create", "patch", "update"]),
-    _rule([GROUP], ["modelrollouts/status"], ["get"]),
+    _rule([GROUP], [api.PLURAL], [*READ, "create", "patch", "update"]),
+    _rule([GROUP], [f"{api.PLURAL}/status"], ["get"]),
     _rule(["apps"], ["deployments"], READ),
     _rule([""], ["events"], READ),
 ]
 # exactly what the operator uses: tests/rollout/kube/test_operator.py records every call it
 # makes on KMock and compares the set with these rules, both ways
 CONTROLLER_RULES = [
-    _rule([GROUP], ["modelrollouts"], ["get", "list", "watch", "patch"]),
-    _rule([GROUP], ["modelrollouts/status"], ["patch"]),
+    _rule([GROUP], [api.PLURAL], ["get", "list", "watch", "patch"]),
+    _rule([GROUP], [f"{api.PLURAL}/status"], ["patch"]),
     _rule(["apps"], ["deployments"], ["get", "create", "patch", "delete"]),
     _rule(["gateway.networking.k8s.io"], ["httproutes", "grpcroutes"], ["get", "patch"]),
     _rule(["autoscaling"], ["horizontalpodautoscalers"], ["get", "create", "patch", "delete"]),
@@ -183,7 +189,7 @@ def environment(cfg: StackConfig) -> list[Obj]:
 
 def model_labels(model: str, track: str) -> dict[str, str]:
     return {"app.kubernetes.io/name": model, "app.kubernetes.io/component": "inference",
-            "modelrail.dev/track": track}
+            TRACK_LABEL: track}
 
 
 def model_deployment(cfg: StackConfig, model: ModelSpec, *, track: str = "stable") -> Obj:
@@ -216,14 +222,14 @@ def model_deployment(cfg: StackConfig, model: ModelSpec, *, track: str = "stable
     return {
         "apiVersion": "apps/v1", "kind": "Deployment",
         "metadata": _meta(f"{model.name}-{track}", cfg,
-                          labels={**labels, "modelrail.dev/model-version": model.version}),
+                          labels={**labels, VERSION_LABEL: model.version}),
         "spec": {
             "selector": {"matchLabels": labels},
             "strategy": {"type": "RollingUpdate",
                          "rollingUpdate": {"maxUnavailable": 0, "maxSurge": 1}},
             "template": {
                 "metadata": {"labels": {**labels, **PART_OF,
-                                        "modelrail.dev/model-version": model.version},
+                                        VERSION_LABEL: model.version},
                              "annotations": {"prometheus.io/scrape": "true",
                                              "prometheus.io/port": str(HTTP_PORT),
                                              "prometheus.io/path": "/metrics"}},
@@ -378,7 +384,7 @@ def load_job(cfg: StackConfig, *, name: str, model: str, version: str, target: s
     argv = ["python", "-m", "modelrail.rollout.load.job", "--protocol", "rest", "--target",
             target, "--model", model, "--version", version, "--seconds", str(seconds),
             "--users", str(users)]
-    labels = {"app.kubernetes.io/name": model, "app.kubernetes.io/component": "load-test"}
+    labels = {"app.kubernetes.io/name": model, "app.kubernetes.io/component": LOADTEST}
     return {
         "apiVersion": "batch/v1", "kind": "Job",
         "metadata": _meta(name, cfg, labels=labels),

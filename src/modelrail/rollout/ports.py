@@ -129,6 +129,11 @@ class LoadError(RuntimeError):
     the controller records it and counts the interval as a failed load run."""
 
 
+class LoadUnavailableError(LoadError):
+    """The run could not start for want of what a person must supply (a validation sample):
+    no data, which holds the rollout until its deadline — not a failure of the canary."""
+
+
 class LoadLostError(LoadError):
     """The runner does not know the handle (it restarted): the interval starts again."""
 

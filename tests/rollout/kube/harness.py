@@ -41,6 +41,9 @@ import kmock
 from kmock._internal import parsing as _parsing
 from kubernetes import client
 
+from modelrail.infra import manifests
+from modelrail.rollout import api
+
 VERBS = {"get", "list", "watch", "create", "patch", "update", "delete"}
 RESOURCES = {  # resource: (kind, namespaced, subresources)
     "v1/namespaces": ("Namespace", False, set()), "v1/events": ("Event", True, set()),
@@ -51,7 +54,7 @@ RESOURCES = {  # resource: (kind, namespaced, subresources)
     "autoscaling/v2/horizontalpodautoscalers": ("HorizontalPodAutoscaler", True, {"status"}),
     "gateway.networking.k8s.io/v1/httproutes": ("HTTPRoute", True, {"status"}),
     "gateway.networking.k8s.io/v1/grpcroutes": ("GRPCRoute", True, {"status"}),
-    "modelrail.dev/v1alpha1/modelrollouts": ("ModelRollout", True, {"status"}),
+    f"{api.API_VERSION}/{api.PLURAL}": (api.KIND, True, {"status"}),
     "kopf.dev/v1/kopfpeerings": ("KopfPeering", True, set()),
 }
 
@@ -161,7 +164,7 @@ class Cluster:
     def create(self, obj: dict[str, Any]) -> None:
         group, _, version = obj["apiVersion"].rpartition("/")
         plural = {"Deployment": "deployments", "HTTPRoute": "httproutes",
-                  "GRPCRoute": "grpcroutes", "ModelRollout": "modelrollouts",
+                  "GRPCRoute": "grpcroutes", api.KIND: api.PLURAL,
                   "ConfigMap": "configmaps", "Service": "services",
                   "Pod": "pods", "KopfPeering": "kopfpeerings"}[obj["kind"]]
         r = httpx.post(self._path(group, version, plural), json=obj, timeout=10,
@@ -262,7 +265,7 @@ class FakeKubelet:
         apps = client.AppsV1Api(self.api)
         ns = self.cluster.namespace
         for d in apps.list_namespaced_deployment(ns).items:
-            version = (d.metadata.labels or {}).get("modelrail.dev/model-version")
+            version = (d.metadata.labels or {}).get(manifests.VERSION_LABEL)
             replicas = d.spec.replicas or 1
             gen = d.metadata.generation or 1
             ready = 0 if version in self.never_ready and d.metadata.name.endswith(

@@ -22,18 +22,33 @@ OBSERVED: list[Call] = []  # every operator call of this module, for the RBAC co
 
 
 def rollout(cluster: Cluster) -> dict[str, Any]:
-    obj = cluster.get(GROUP, VERSION, "modelrollouts", "iris")
+    obj = cluster.get(GROUP, VERSION, api.PLURAL, "iris")
     assert obj is not None
     return obj
 
 
 def start(cluster: Cluster, version: str) -> None:
     """What CI does (and `modelrail rollout start --kube`): set the desired version."""
-    cluster.custom.patch_namespaced_custom_object(GROUP, VERSION, NS, "modelrollouts",
-                                                  "iris", {"spec": {"version": version}})
+    cluster.custom.patch_namespaced_custom_object(GROUP, VERSION, NS, api.PLURAL, "iris",
+                                                  {"spec": {"version": version}})
 
 
 TERMINAL = {"Succeeded", "RolledBack", "Failed", "Aborted"}
+
+
+def done(st: dict[str, Any]) -> bool:
+    """The controller carried out the action it decided last, and a finished rollout is
+    cleaned up (status.rollout is its RolloutRecord)."""
+    record = st.get("rollout")
+    if record is None:
+        return True
+    if st.get("phase") in TERMINAL:
+        return bool(record.get("finished"))
+    return bool(record.get("executed_seq") == record["status"].get("seq"))
+
+
+def history(st: dict[str, Any]) -> list[dict[str, Any]]:
+    return list(st["rollout"]["status"]["history"])
 
 
 def wait_phase(cluster: Cluster, phases: set[str], timeout: float = 120,
@@ -42,14 +57,15 @@ def wait_phase(cluster: Cluster, phases: set[str], timeout: float = 120,
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         st = rollout(cluster).get("status") or {}
-        done = "rollout" not in st or st.get("executedSeq") == st["rollout"].get("seq")
-        if (st.get("phase") in phases and done
+        if (st.get("phase") in phases and done(st)
                 and (canary is None or st.get("canaryVersion") == canary)):
             return st
         time.sleep(0.3)
     st = rollout(cluster).get("status") or {}
-    raise AssertionError(f"phase never reached {phases} "
-                         f"(executedSeq {st.get('executedSeq')}): {st}")
+    record = st.get("rollout") or {}
+    raise AssertionError(f"phase never reached {phases} (executed_seq "
+                         f"{record.get('executed_seq')}, finished {record.get('finished')}): "
+                         f"{st}")
 
 
 def wait_weight(cluster: Cluster, weight: int, timeout: float = 60) -> None:
@@ -109,8 +125,7 @@ def test_good_version_is_promoted(kube: Callable[..., Any], prometheus: FakeProm
         assert cluster.get("autoscaling", "v2", "horizontalpodautoscalers",
                            "iris-canary") is None
         assert weights(cluster) == {(100, 0)}
-        history = st["rollout"]["history"]
-        acts = [(h["action"], h["weight"]) for h in history if h["action"] != "hold"]
+        acts = [(h["action"], h["weight"]) for h in history(st) if h["action"] != "hold"]
         assert acts == [("set_weight", 50), ("set_weight", 100), ("promote", 100),
                         ("complete", 0)], acts
         assert len(kubelet.jobs_run) >= 3  # pre-traffic + at least one per step
@@ -118,6 +133,7 @@ def test_good_version_is_promoted(kube: Callable[..., Any], prometheus: FakeProm
         reasons = [e["reason"] for e in events(cluster)]
         assert {"Started", "WeightChanged", "Promoting", "Succeeded"} <= set(reasons), (
             reasons, [(e["reason"], e.get("message")) for e in cluster.list("", "v1", "events")])
+        assert reasons.count("Started") == 1 and reasons.count("Succeeded") == 1, reasons
         assert st["lastAnalysis"]["status"] == "PASS"
         hpa_creates = [c for c in cluster.operator_calls()
                        if c.resource == "horizontalpodautoscalers" and c.action == "CREATE"]
@@ -209,7 +225,7 @@ def test_restarted_operator_resumes_and_the_cli_gets_the_verdict(
 def assert_each_action_once(cluster: Cluster, st: dict[str, Any]) -> None:
     """Decided once (the status history) and carried out once (the route writes: 50, 100,
     back to 0), though two operators ran."""
-    acts = [(h["action"], h["weight"]) for h in st["rollout"]["history"]
+    acts = [(h["action"], h["weight"]) for h in history(st)
             if h["action"] not in ("hold", "complete")]
     assert acts == [("set_weight", 50), ("set_weight", 100), ("promote", 100)], acts
     patches = [c for c in cluster.operator_calls()
@@ -268,8 +284,7 @@ def test_a_new_version_mid_rollout_restarts_the_analysis(kube: Callable[..., Any
         restarted = [e for e in events(cluster) if e["reason"] == "Restarted"]
         assert restarted and "version changed to 3" in restarted[0]["message"]
         # the analysis of 3 started from scratch: its history has no step of version 2
-        assert [h["weight"] for h in st["rollout"]["history"]
-                if h["action"] == "set_weight"] == []
+        assert [h["weight"] for h in history(st) if h["action"] == "set_weight"] == []
         check_written_objects(cluster)
 
 

@@ -20,11 +20,17 @@ import pytest
 from modelrail.cli import main
 from modelrail.errors import CorruptStateError, InvalidInputError
 from modelrail.models.registry import Registry
-from modelrail.rollout.core.spec import Phase, RolloutSpec, RolloutStatus, Thresholds
+from modelrail.rollout.core.spec import Phase, RolloutRecord, RolloutSpec, RolloutStatus, Thresholds
 from modelrail.rollout.local.daemon import Daemon
 from modelrail.rollout.local.platform import LocalEnvironment
-from modelrail.rollout.local.rollout import LocalRollout
-from modelrail.rollout.local.store import EnvStore, RolloutFiles, read_jsonl, write_json
+from modelrail.rollout.local.runner import LocalRunner
+from modelrail.rollout.local.store import (
+    EnvStore,
+    RolloutFiles,
+    RolloutStore,
+    read_jsonl,
+    write_json,
+)
 from tests.models.test_registry_hardening import fake_card
 from tests.rollout.envs import write_stack
 
@@ -46,7 +52,7 @@ def saved_status(rid: str, phase: Phase, message: str = "analysis failed") -> di
     status = RolloutStatus(phase=phase, seq=1, started_at=100.0, message=message,
                            history=(entry,))
     return {"id": rid, "status": status.to_dict(), "executed_seq": 1, "commands_seen": 0,
-            "updated_at": 102.0}
+            "updated_at": 102.0, "finished": phase.terminal}
 
 
 def make_rollout(store: EnvStore, rid: str, *, phase: Phase | None = Phase.ROLLED_BACK,
@@ -138,19 +144,15 @@ def test_log_lines_that_are_not_objects_are_skipped(tmp_path: Path) -> None:
 
 def test_every_status_the_engine_produces_reads_back(store: EnvStore) -> None:
     """The validation refuses damage, not real data: a whole promotion and a rollback,
-    persisted by the controller's own code after every decision, read back unchanged."""
-    import numpy as np
-
+    persisted by the controller's record store after every decision, read back unchanged."""
     from modelrail.rollout.core.analysis import Measurements, TrafficSample
-    from tests.rollout.core.test_engine import GOOD, SPEC, Driver
+    from tests.rollout.core.test_engine import GOOD, Driver
 
     bad = Measurements(canary=TrafficSample(200, 150, 5.0), stable=GOOD.stable,
                        gate=GOOD.gate, load=GOOD.load)
     for rid, plan in ((OLD, [GOOD] * 40), (BAD, [GOOD] * 3 + [bad] * 5)):
         files = make_rollout(store, rid, phase=None)
-        rollout = LocalRollout(env=LocalEnvironment(name="dev", run_dir=store.run_dir),
-                               files=files, spec=SPEC, rows=np.ones((2, 4)),
-                               task="classification")
+        records = RolloutStore(files)
         drv = Driver()
         drv.tick()
         drv.tick(canary_ready=True)
@@ -159,9 +161,11 @@ def test_every_status_the_engine_produces_reads_back(store: EnvStore) -> None:
                 break
             drv.tick(2.0, measurements=m, promoted=drv.status.phase is Phase.PROMOTING,
                      rolled_back=drv.status.phase is Phase.ROLLING_BACK)
-            rollout.status, rollout.executed_seq = drv.status, drv.status.seq
-            rollout._persist()
-            assert files.rollout_status() == drv.status
+            record = RolloutRecord(status=drv.status, executed_seq=drv.status.seq,
+                                   load_handle="locust-1", interval_started_at=drv.now,
+                                   finished=drv.status.phase.terminal)
+            records.save(record=record, verdict=None)
+            assert records.load() == record and files.rollout_status() == drv.status
         assert files.summary()["done"] and files.problem() is None
     phases = [RolloutFiles(store.rollouts_dir / r).summary()["phase"] for r in (OLD, BAD)]
     assert phases == ["Succeeded", "RolledBack"]
@@ -225,10 +229,10 @@ class RecordingDaemon(Daemon):
 
     launched: list[str]
 
-    def _launch(self, rollout: LocalRollout) -> None:
-        self.launched.append(rollout.files.id)
+    def _launch(self, runner: LocalRunner) -> None:
+        self.launched.append(runner.files.id)
         worker = threading.Thread(target=self.stopping.wait, daemon=True)  # "running"
-        self.workers[rollout.files.id] = worker
+        self.workers[runner.files.id] = worker
         worker.start()
 
 

@@ -1,5 +1,6 @@
-"""ScrapeProvider against a real server: deltas between scrapes, server errors only, p99 from
-the histogram; plus the quantile arithmetic and counter resets on their own."""
+"""ScrapeProvider against a real server: deltas between scrapes per model version, server
+errors only, p99 from the histogram, no data (never "all good") from an instance it cannot
+scrape; plus the quantile arithmetic and counter resets on their own."""
 
 from __future__ import annotations
 
@@ -9,7 +10,8 @@ import httpx
 import pytest
 
 from modelrail.processes import stop
-from modelrail.rollout.metrics.scrape import ScrapeProvider, Track, _increase, quantile
+from modelrail.rollout.metrics.scrape import ScrapeProvider, _increase, quantile
+from modelrail.rollout.ports import MetricTrack
 from modelrail.serving.metrics import FLUSH_SECONDS
 from tests.conftest import Example, start_server
 
@@ -34,12 +36,11 @@ def test_scrape_provider_measures_a_real_server(examples: dict[str, Example],
     server = start_server(["iris:1", "iris:2"], tmp_path,  # type: ignore[arg-type]
                           extra_env={"MODELRAIL_FAULTS": '{"iris:2": {"error_rate": 0.25}}'})
     try:
-        provider = ScrapeProvider({
-            "stable": Track("iris", "1", (server.http_url,)),
-            "canary": Track("iris", "2", (server.http_url,))})
-        assert provider.online()
-        provider.sample(track="stable")
-        provider.sample(track="canary")  # baselines
+        provider = ScrapeProvider()
+        stable_track = MetricTrack("iris", "1", (server.http_url,))
+        canary_track = MetricTrack("iris", "2", (server.http_url,))
+        provider.sample(track=stable_track, window_seconds=1)
+        provider.sample(track=canary_track, window_seconds=1)  # baselines
         with httpx.Client() as client:
             for _ in range(40):
                 assert client.post(f"{server.http_url}/v2/models/iris/versions/1/infer",
@@ -52,16 +53,17 @@ def test_scrape_provider_measures_a_real_server(examples: dict[str, Example],
                 assert client.post(f"{server.http_url}/v2/models/iris/versions/2/infer",
                                    json=bad).status_code == 400
         time.sleep(3 * FLUSH_SECONDS)
-        stable = provider.sample(track="stable")
-        canary = provider.sample(track="canary")
+        stable = provider.sample(track=stable_track, window_seconds=1)
+        canary = provider.sample(track=canary_track, window_seconds=1)
         assert stable is not None and canary is not None
         assert (stable.requests, stable.errors) == (40, 0)
         assert canary.requests == 205 and canary.errors == codes.count(500)
         assert 20 <= canary.errors <= 80  # about a quarter of 200
         assert stable.p99_ms is not None and 0 < stable.p99_ms < 1000
-        again = provider.sample(track="stable")  # nothing new since
+        again = provider.sample(track=stable_track, window_seconds=1)  # nothing new since
         assert again is not None and again.requests == 0 and again.p99_ms is None
     finally:
         stop(server.proc)
     # the server is gone: the provider says it cannot know, never "all good"
-    assert provider.sample(track="stable") is None and not provider.online()
+    assert provider.sample(track=stable_track, window_seconds=1) is None
+    assert provider.sample(track=MetricTrack("iris", "1"), window_seconds=1) is None  # no urls

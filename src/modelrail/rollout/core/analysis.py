@@ -68,6 +68,7 @@ class LoadSample:
     requests: int
     failures: int
     error: str | None = None  # the run itself failed (not the canary): why, as the runner said
+    unavailable: bool = False  # it could not start for want of input: no data, not a failure
 
 
 @dataclass(frozen=True)
@@ -76,6 +77,7 @@ class Measurements:
     stable: TrafficSample | None = None
     gate: GateSample | None = None
     load: LoadSample | None = None
+    seconds: float | None = None  # how long the interval lasted (for rates in the records)
 
 
 @dataclass(frozen=True)
@@ -202,6 +204,8 @@ def check_load(spec: RolloutSpec, m: Measurements) -> Check | None:
         return None
     if m.load is None:
         return Check("load", Status.INCONCLUSIVE, "no load-test result yet")
+    if m.load.error is not None and m.load.unavailable:
+        return Check("load", Status.INCONCLUSIVE, f"no load run: {m.load.error[:300]}")
     if m.load.error is not None:
         return Check("load", Status.FAIL, f"the load run failed: {m.load.error[:300]}",
                      decisive=True)

@@ -34,6 +34,7 @@ from modelrail.rollout.ports import (
     LoadLostError,
     LoadRunner,
     LoadTarget,
+    LoadUnavailableError,
     MetricProvider,
     MetricTrack,
     ModelGate,
@@ -175,6 +176,8 @@ class RolloutController:
         except LoadLostError:
             self._end_interval(cancel=False)  # started again on the next tick
             return None
+        except LoadUnavailableError as exc:
+            load = LoadSample(requests=0, failures=0, error=str(exc), unavailable=True)
         except LoadError as exc:
             load = LoadSample(requests=0, failures=0, error=str(exc))
         if load is None:
@@ -194,7 +197,8 @@ class RolloutController:
                 stable=GateEndpoint(t.view.stable.http_url, s.model, s.stable_version),
                 canary=GateEndpoint(t.view.canary.http_url, s.model, s.canary_version))
         self._end_interval(cancel=False)
-        return Measurements(canary=canary, stable=stable, gate=gate, load=load)
+        return Measurements(canary=canary, stable=stable, gate=gate, load=load,
+                            seconds=window)
 
     def _end_interval(self, *, cancel: bool) -> None:
         if cancel and self.record.load_handle is not None:

@@ -148,7 +148,8 @@ def _initializing(spec: RolloutSpec, status: RolloutStatus, obs: Observation) ->
             return _set_step(status, spec, 0, obs.now)
         if _deadline_passed(spec, status, obs.now):
             return _rollback(status, Phase.FAILED, "no conclusive pre-traffic analysis "
-                             "before the progress deadline", verdict)
+                             "before the progress deadline" +
+                             (f": {verdict.summary()}" if verdict else ""), verdict)
         return _hold(status, "canary ready: pre-traffic analysis" +
                      (f": {verdict.summary()}" if verdict else ""), verdict)
     if _deadline_passed(spec, status, obs.now):

@@ -1,16 +1,18 @@
-"""The kopf operator for ModelRollout (thin): every object is reconciled on a timer by
-kube_controller.KubeRollout, and each decision it reports is posted as a Kubernetes Event.
+"""The kopf operator for ModelRollout (thin): every object is handed to the reconciler
+(reconciler.py) on a timer, and each Event it returns is posted.
 
-    kopf run --namespace modelrail-prod --peering modelrail-controller \
+    kopf run --namespace modelrail-prod --peering modelrail-controller \\
         -m modelrail.rollout.kube.operator
 
 Configuration (environment): MODELRAIL_STACK_CONFIG (the StackConfig as JSON) or
 MODELRAIL_STACK + MODELRAIL_PROJECT (read Pulumi.<stack>.yaml from the image);
-MODELRAIL_PROMETHEUS_URL (optional: without it error and latency checks have no data and
-never pass); MODELRAIL_SERVICE_URL (template for the model Services, default
+MODELRAIL_PROMETHEUS_URL (without it the error and latency checks have no data and never
+pass, and every rollout says so: condition MetricsAvailable=False, a NoMetricsProvider
+Warning); MODELRAIL_SERVICE_URL (template for the model Services, default
 http://{service}.{namespace}.svc:3000); MODELRAIL_RECONCILE_SECONDS (default 5);
-MODELRAIL_LOAD_SECONDS / MODELRAIL_LOAD_USERS (the Locust Job of each interval). Kubernetes
-access: in-cluster config in a pod, else $KUBECONFIG.
+MODELRAIL_LOAD_SECONDS / MODELRAIL_LOAD_USERS (the Locust Job of each interval);
+MODELRAIL_PEERING_PRIORITY (default: drawn at random). Kubernetes access: in-cluster config
+in a pod, else $KUBECONFIG.
 """
 
 from __future__ import annotations
@@ -24,10 +26,12 @@ from typing import Any
 import kopf
 
 from modelrail.infra.config import StackConfig, load_stack
-from modelrail.rollout.api import GROUP, PLURAL
-from modelrail.rollout.api import VERSION as CRD_VERSION
-from modelrail.rollout.kube.platform import KubePlatform, api_client
-from modelrail.rollout.kube.rollout import KubeRollout
+from modelrail.rollout import api
+from modelrail.rollout.core.controller import ControllerSettings
+from modelrail.rollout.kube.gate import ServiceModelGate
+from modelrail.rollout.kube.load import JobLoadRunner
+from modelrail.rollout.kube.platform import SERVICE_URL, KubePlatform, api_client
+from modelrail.rollout.kube.reconciler import NO_METRICS, Reconciler
 from modelrail.rollout.metrics.prometheus import PrometheusProvider
 from modelrail.rollout.routers.gateway_api import GatewayAPIRouter
 
@@ -35,6 +39,7 @@ INTERVAL = float(os.environ.get("MODELRAIL_RECONCILE_SECONDS", "5"))
 
 
 def stack_from_env() -> StackConfig:
+    """The stack configuration the operator serves."""
     raw = os.environ.get("MODELRAIL_STACK_CONFIG")
     if raw:
         return StackConfig.model_validate_json(raw)
@@ -42,20 +47,26 @@ def stack_from_env() -> StackConfig:
                       Path(os.environ.get("MODELRAIL_PROJECT", ".")))
 
 
-def controller_from_env() -> KubeRollout:
-    from kubernetes import client
+Logger = logging.Logger | logging.LoggerAdapter[Any]
 
+
+def reconciler_from_env(logger: Logger | None = None) -> Reconciler:
+    """The reconciler over the Kubernetes backends, configured by the environment."""
     cfg = stack_from_env()
-    api = api_client()
+    platform = KubePlatform(api_client(), cfg,
+                            service_url=os.environ.get("MODELRAIL_SERVICE_URL", SERVICE_URL))
     prometheus = os.environ.get("MODELRAIL_PROMETHEUS_URL")
-    return KubeRollout(
-        platform=KubePlatform(api, cfg),
-        router=GatewayAPIRouter(client.CustomObjectsApi(api), cfg.namespace),
-        metrics=PrometheusProvider(prometheus) if prometheus else None,
-        service_url=os.environ.get("MODELRAIL_SERVICE_URL",
-                                   "http://{service}.{namespace}.svc:3000"),
-        load_seconds=int(os.environ.get("MODELRAIL_LOAD_SECONDS", "10")),
-        load_users=int(os.environ.get("MODELRAIL_LOAD_USERS", "4")))
+    if not prometheus and logger is not None:
+        logger.warning(NO_METRICS.message)
+    return Reconciler(
+        platform=platform, router=GatewayAPIRouter(platform.objects),
+        metrics=(PrometheusProvider(prometheus, namespace=cfg.namespace) if prometheus
+                 else None),
+        gate=ServiceModelGate(platform), load=JobLoadRunner(platform),
+        settings=ControllerSettings(
+            load_seconds=float(os.environ.get("MODELRAIL_LOAD_SECONDS", "10")),
+            load_users=int(os.environ.get("MODELRAIL_LOAD_USERS", "4")),
+            grpc_load=False))  # the load Job sends OIP REST
 
 
 @kopf.on.login()
@@ -67,7 +78,9 @@ def login(**kwargs: Any) -> kopf.ConnectionInfo | None:
 
 
 @kopf.on.startup()
-def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) -> None:
+def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, logger: Logger,
+              **_: Any) -> None:
+    """kopf's settings, and the reconciler every timer uses."""
     settings.posting.level = logging.INFO  # decisions become Events
     settings.watching.server_timeout = 120
     # a namespaced Role cannot list namespaces: watch only the one given by --namespace
@@ -76,13 +89,13 @@ def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) -> Non
     # wait. Equal priorities would pause them all, so each replica draws its own.
     settings.peering.priority = int(os.environ.get("MODELRAIL_PEERING_PRIORITY")
                                     or random.SystemRandom().randint(1, 2**30))
-    memo["controller"] = controller_from_env()
+    memo["reconciler"] = reconciler_from_env(logger)
 
 
-@kopf.timer(GROUP, CRD_VERSION, PLURAL, interval=INTERVAL, sharp=False)
-def reconcile(body: kopf.Body, memo: Any, logger: logging.Logger | logging.LoggerAdapter[Any],
-              **_: Any) -> None:
-    controller: KubeRollout = memo["controller"]
-    for kind, reason, message in controller.reconcile(dict(body)):
+@kopf.timer(api.GROUP, api.VERSION, api.PLURAL, interval=INTERVAL, sharp=False)
+def reconcile(body: kopf.Body, memo: Any, logger: Logger, **_: Any) -> None:
+    """Event in → reconciler → Events out."""
+    reconciler: Reconciler = memo["reconciler"]
+    for kind, reason, message in reconciler.reconcile(dict(body)):
         kopf.event(body, type=kind, reason=reason, message=message)
         logger.info("%s %s: %s", kind, reason, message)

@@ -2,15 +2,18 @@
 background — the local stand-in for the Kubernetes control plane.
 
 It brings the environment to what its stack file declares (`Pulumi.<env>.yaml`: models,
-workers, autoscaling bounds), then loops once a second:
-  - supervise: restart instances that died;
-  - autoscale: each track follows its in-flight requests per instance with the HPA
+workers, autoscaling bounds) and waits until every stable instance serves, then loops once
+a second:
+  - supervise: converge every track (platform.py): restart instances that died, start the
+    ones asked for, let them into the proxy's pools once ready, retire the others safely;
+  - autoscale: each settled track follows its in-flight requests per instance with the HPA
     algorithm (autoscaler.py); the canary is sized by its weight, stable keeps its own
     bounds;
-  - rollouts: every rollout request under rollouts/ that is not finished gets a worker
-    thread running the local rollout controller until it ends; a rollout whose files
-    cannot be read (torn, malformed) or that cannot be set up is skipped alone, logged once
-    with the file and the reason, and picked up again once it can be read;
+  - rollouts: every rollout under rollouts/ that has not finished gets a worker thread
+    running the rollout controller over the local platform (runner.py) until it has; a
+    rollout whose files cannot be read (torn, malformed) or that cannot be set up is
+    skipped alone, logged once with the file and the reason, and picked up again once it
+    can be read;
   - publish: env.json (for `env status` and the CLI) and plane.json (to re-adopt).
 
 Killed (even with SIGKILL), it leaves the instances and the proxy serving; started again,
@@ -34,7 +37,6 @@ from pathlib import Path
 from typing import Any
 
 import httpx
-import numpy as np
 
 from modelrail.errors import CorruptStateError
 from modelrail.infra.config import StackConfig, load_stack
@@ -46,7 +48,7 @@ from modelrail.rollout.core.autoscaler import (
     desired_replicas,
 )
 from modelrail.rollout.local.platform import LocalEnvironment
-from modelrail.rollout.local.rollout import LocalRollout
+from modelrail.rollout.local.runner import LocalRunner, open_rollout
 from modelrail.rollout.local.store import (
     EnvStore,
     RolloutFiles,
@@ -78,8 +80,8 @@ class Daemon:
             scale_down_window=a.scale_down_stabilization_seconds)
         self.stopping = threading.Event()
         self.workers: dict[str, threading.Thread] = {}
-        self.rollouts: dict[str, LocalRollout] = {}
-        self.finished: set[str] = set()  # rollout ids known to have ended
+        self.rollouts: dict[str, LocalRunner] = {}
+        self.finished: set[str] = set()  # rollout ids known to have finished
         self.skipped: dict[str, str] = {}  # rollout id -> why it cannot run (logged once)
         self.history: dict[tuple[str, str], tuple[Recommendation, ...]] = {}
         self.in_flight: dict[tuple[str, str], deque[float]] = {}
@@ -106,7 +108,7 @@ class Daemon:
             # an adopted track keeps its version: a promotion may have changed it
             ref = track.ref or ModelRef(m.name, m.version, m.sha256)
             self.env.scale(m.name, "stable", ref=ref,
-                           replicas=max(self.policy.min_replicas, len(track.instances)))
+                           replicas=max(self.policy.min_replicas, track.replicas))
             self.env.router.wait_applied(route=m.name)
             self._save_plane()
         self._publish("Ready", "serving")
@@ -132,12 +134,16 @@ class Daemon:
     def shutdown(self) -> None:
         assert self.env is not None
         self._publish("Stopping", "aborting running rollouts, stopping instances")
-        for rid in list(self.workers):
-            append_jsonl(RolloutFiles(self.store.rollouts_dir / rid).commands,
-                         {"command": "abort", "at": time.time(), "by": "env down"})
+        for rid, worker in self.workers.items():
+            if worker.is_alive():
+                append_jsonl(RolloutFiles(self.store.rollouts_dir / rid).commands,
+                             {"command": "abort", "at": time.time(), "by": "env down"})
+        # the platform keeps converging while the rollouts take their canaries away
         deadline = time.monotonic() + 60
-        for t in self.workers.values():
-            t.join(max(0.1, deadline - time.monotonic()))
+        while (any(t.is_alive() for t in self.workers.values())
+               and time.monotonic() < deadline):
+            self.env.supervise()
+            time.sleep(0.5)
         self.env.stop()
         self.store.plane_file.unlink(missing_ok=True)
         self._publish("Stopped", "stopped by env down", running=False)
@@ -150,8 +156,8 @@ class Daemon:
             weight = self._canary_weight(m.name)
             for track_name in ("stable", "canary"):
                 track = self.env.track(m.name, track_name)
-                if not track.instances or track.ref is None:
-                    continue
+                if track.ref is None or track.replicas == 0 or not track.settled:
+                    continue  # absent, or still converging: its size is not known yet
                 if track_name == "canary" and weight is None:
                     continue  # only a running rollout sizes a canary
                 policy = (self.policy if track_name == "stable"
@@ -162,7 +168,7 @@ class Daemon:
                 if value is None:
                     continue
                 samples.append(value)
-                current = len(track.instances)
+                current = track.replicas
                 metric = sum(samples) / len(samples) / current
                 want, self.history[key] = desired_replicas(
                     policy, current=current, metric=metric, now=now,
@@ -175,7 +181,8 @@ class Daemon:
                         "at": time.time(), "model": m.name, "track": track_name,
                         "from": current, "to": want, "metric": metric,
                         "target": policy.target})
-                    self.env.scale(m.name, track_name, ref=track.ref, replicas=want)
+                    self.env.scale(m.name, track_name, ref=track.ref, replicas=want,
+                                   wait=False)  # converged by the next supervise() calls
                     samples.clear()
 
     def _in_flight(self, urls: list[str]) -> float | None:
@@ -192,9 +199,10 @@ class Daemon:
         return total
 
     def _canary_weight(self, model: str) -> int | None:
-        for rollout in self.rollouts.values():
-            if rollout.spec.model == model and not rollout.status.phase.terminal:
-                return max(rollout.status.weight, 1)
+        for runner in self.rollouts.values():
+            status = runner.controller.status
+            if runner.spec.model == model and not status.phase.terminal:
+                return max(status.weight, 1)
         return None
 
     # --- rollouts ------------------------------------------------------------------------------
@@ -206,11 +214,11 @@ class Daemon:
                                              and self.workers[files.id].is_alive()):
                 continue
             try:
-                if files.terminal():  # read once, not every second for the life of the env
+                if files.finished():  # read once, not every second for the life of the env
                     self.finished.add(files.id)
                     self.skipped.pop(files.id, None)
                     continue
-                rollout = self._rollout(files)
+                runner = self._rollout(files)
             except CorruptStateError as exc:
                 self._skip(files, f"unreadable: {exc}")
                 continue
@@ -219,8 +227,8 @@ class Daemon:
                 continue
             if self.skipped.pop(files.id, None) is not None:
                 log.info("rollout %s is readable again: resuming it", files.id)
-            self.rollouts[files.id] = rollout
-            self._launch(rollout)
+            self.rollouts[files.id] = runner
+            self._launch(runner)
 
     def _skip(self, files: RolloutFiles, reason: str,
               error: BaseException | None = None) -> None:
@@ -229,41 +237,23 @@ class Daemon:
                       exc_info=error)
             self.skipped[files.id] = reason
 
-    def _launch(self, rollout: LocalRollout) -> None:
-        thread = threading.Thread(target=self._run_rollout, args=(rollout,),
-                                  name=f"rollout-{rollout.files.id}", daemon=True)
-        self.workers[rollout.files.id] = thread
+    def _launch(self, runner: LocalRunner) -> None:
+        thread = threading.Thread(target=self._run_rollout, args=(runner,),
+                                  name=f"rollout-{runner.files.id}", daemon=True)
+        self.workers[runner.files.id] = thread
         thread.start()
 
-    def _rollout(self, files: RolloutFiles) -> LocalRollout:
+    def _rollout(self, files: RolloutFiles) -> LocalRunner:
         assert self.env is not None
-        request = files.read_request()
-        spec, opts = request.spec, request.options
-        rows = np.asarray(files.read_sample(), dtype=np.float64)
-        digests = {v: self.registry.get(spec.model, v).sha256
-                   for v in (spec.stable_version, spec.canary_version)}
-        return LocalRollout(env=self.env, files=files, spec=spec, rows=rows,
-                            task=request.task, interval=opts.interval,
-                            load_users=opts.load_users, grpc_load=opts.grpc_load,
-                            audit_path=self.store.audit_file, digests=digests)
+        return open_rollout(files, env=self.env, registry=self.registry,
+                            audit_path=self.store.audit_file)
 
-    def _run_rollout(self, rollout: LocalRollout) -> None:
-        log.info("rollout %s: %s %s -> %s", rollout.files.id, rollout.spec.model,
-                 rollout.spec.stable_version, rollout.spec.canary_version)
-        failures = 0
-        while not rollout.status.phase.terminal:
-            try:
-                status = rollout.tick()
-                failures = 0
-            except Exception:
-                failures += 1
-                log.exception("rollout %s: tick failed (%d in a row)", rollout.files.id,
-                              failures)
-                time.sleep(min(5.0, failures))
-                continue
-            log.info("rollout %s: %s %d%% %s", rollout.files.id, status.phase.value,
-                     status.weight, status.message)
-        log.info("rollout %s ended: %s", rollout.files.id, rollout.status.phase.value)
+    def _run_rollout(self, runner: LocalRunner) -> None:
+        spec = runner.spec
+        log.info("rollout %s: %s %s -> %s", runner.files.id, spec.model, spec.stable_version,
+                 spec.canary_version)
+        status = runner.run()
+        log.info("rollout %s ended: %s", runner.files.id, status.phase.value)
 
     # --- publishing ------------------------------------------------------------------------------
     def _save_plane(self) -> None:

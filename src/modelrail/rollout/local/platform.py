@@ -1,19 +1,29 @@
-"""The local platform: one environment as real processes on this machine.
+"""The local platform: one environment as real processes on this machine, behind Traefik.
 
 Per model, a stable and a canary track of serving instances (each a BentoML process with
-its gRPC server, on loopback ports), behind one Traefik router that splits HTTP and gRPC by
-weight. `supervise()` restarts instances that died and reports what it did; `scale()` brings
-a track to N instances, adding new ones before removing old ones, and the router's pools
-follow (Traefik's health checks keep traffic off instances until they are ready).
+its gRPC server, on loopback ports) behind one Traefik router that splits HTTP and gRPC by
+weight. `LocalEnvironment` is the rollout controller's Platform (ports.py): `view`,
+`run_canary`, `promote` and `remove_canary` only record what a track should run and return
+at once. `supervise()` — the environment's daemon calls it every second — converges every
+track to that, like a Deployment's rolling update:
+  - an instance that died is replaced;
+  - missing instances of the wanted version are started, and each joins the router's pools
+    once it answers readiness;
+  - once every wanted instance serves, instances of another version and surplus ones leave
+    the pools, and each is stopped only once Traefik's own API shows the pools without it
+    (`TraefikRouter.applied_pools`) and DRAIN_SECONDS have passed for its in-flight
+    requests: Traefik applies a file change 1-2 s late, and stopping after a fixed wait
+    instead lost 21 of 5,433 requests.
+`scale()` sets a track's wanted version and size (the daemon's autoscaler) and, with
+`wait`, converges it before returning (`env up`, tests).
 
 The whole environment round-trips through `to_state()` / `adopt()`: instances and the
-proxy run in their own sessions, so when the controller process that started them dies they
-keep serving, and a new controller adopts them from the saved state (a dead one is replaced
-by `supervise()`). Every change goes through one lock: the supervisor, the autoscaler and
-rollouts run in threads of one controller.
+proxy run in their own sessions, so when the daemon that started them dies they keep
+serving, and a new daemon adopts them from the saved state. Every change goes through one
+lock: the supervisor, the autoscaler and the rollouts run in threads of one daemon.
 
-Used by the local controller daemon (`modelrail env up|status|down`, platforms/daemon.py)
-and by the rollout controller; tests drive it directly.
+Used by the local daemon (daemon.py: `modelrail env up|status|down`) and the rollout
+runner (runner.py); tests drive it directly.
 """
 
 from __future__ import annotations
@@ -22,9 +32,13 @@ import logging
 import threading
 import time
 from dataclasses import dataclass, field
+from enum import StrEnum
 from pathlib import Path
 from typing import Any
 
+import httpx
+
+from modelrail.errors import ModelrailError
 from modelrail.processes import (
     Adopted,
     Proc,
@@ -34,13 +48,24 @@ from modelrail.processes import (
     server_command,
     spawn,
     stop,
-    wait_ready,
 )
+from modelrail.rollout.ports import Platform, PlatformView, TrackState
 from modelrail.rollout.routers.traefik import TraefikRouter
 from modelrail.serving.config import ModelRef, ServingConfig, parse_model_ref
 
 log = logging.getLogger(__name__)
 TRACKS = ("stable", "canary")
+DRAIN_SECONDS = 0.5  # after Traefik shows an instance gone: for requests it still serves
+GIVE_UP_RESTARTS = 3  # `scale(wait=True)` fails once an instance died this many times
+
+
+class Stage(StrEnum):
+    """Where an instance is in its life; only SERVING ones are in the router's pools."""
+
+    STARTING = "starting"  # started, not answering readiness yet
+    SERVING = "serving"  # ready, in the pool
+    LEAVING = "leaving"  # out of the pool; waits for Traefik's API to show it gone
+    DRAINING = "draining"  # Traefik routes nothing to it; stopped after DRAIN_SECONDS
 
 
 @dataclass
@@ -51,10 +76,16 @@ class Instance:
     proc: Proc
     log_path: Path
     restarts: int = 0
+    stage: Stage = Stage.STARTING
+    draining_since: float = 0.0  # time.monotonic() when it began DRAINING
 
     @property
     def url(self) -> str:
         return f"http://127.0.0.1:{self.http_port}"
+
+    @property
+    def grpc_target(self) -> str:
+        return f"127.0.0.1:{self.grpc_port}"
 
     @property
     def ports(self) -> tuple[int, int]:
@@ -63,13 +94,23 @@ class Instance:
     def alive(self) -> bool:
         return self.proc.poll() is None
 
+    def answers_ready(self) -> bool:
+        """One short readiness probe (no waiting)."""
+        try:
+            return httpx.get(f"{self.url}/v2/health/ready", timeout=0.5).status_code == 200
+        except httpx.HTTPError:
+            return False
+
     def to_state(self) -> dict[str, Any]:
         home = home_of(self.proc)
+        # the drain clock does not survive a restart: a draining instance is checked
+        # against Traefik's API again
+        stage = Stage.LEAVING if self.stage is Stage.DRAINING else self.stage
         return {"ref": str(self.ref), "http_port": self.http_port,
                 "grpc_port": self.grpc_port, "pid": self.proc.pid,
                 "log_path": str(self.log_path), "restarts": self.restarts,
-                "home": str(home) if home else None,
-                # finds its workers after a restart of the controller, even if it died
+                "stage": stage.value, "home": str(home) if home else None,
+                # finds its workers after a restart of the daemon, even if it died
                 "instance_id": instance_id_of(self.proc)}
 
     @classmethod
@@ -78,16 +119,50 @@ class Instance:
         return cls(ref=parse_model_ref(state["ref"]), http_port=state["http_port"],
                    grpc_port=state["grpc_port"],
                    proc=Adopted(state["pid"], home=home, instance_id=state.get("instance_id")),
-                   log_path=Path(state["log_path"]), restarts=state["restarts"])
+                   log_path=Path(state["log_path"]), restarts=state["restarts"],
+                   stage=Stage(state["stage"]))
 
 
 @dataclass
 class Track:
+    """What one track should run (`ref`, `replicas`) and the instances it has."""
+
     ref: ModelRef | None = None
+    replicas: int = 0
     instances: list[Instance] = field(default_factory=list)
+
+    def wanted(self) -> list[Instance]:
+        """Instances of the wanted version that are starting or serving."""
+        return [i for i in self.instances
+                if i.ref == self.ref and i.stage in (Stage.STARTING, Stage.SERVING)]
+
+    def serving(self) -> list[Instance]:
+        return [i for i in self.instances if i.stage is Stage.SERVING]
+
+    @property
+    def settled(self) -> bool:
+        """Exactly `replicas` instances of `ref`, all serving, nothing else left."""
+        return (len(self.instances) == self.replicas
+                and all(i.ref == self.ref and i.stage is Stage.SERVING
+                        for i in self.instances))
+
+    def state(self) -> TrackState:
+        """The track as the controller sees it (ready: every wanted instance serves)."""
+        if self.ref is None:
+            return TrackState(version=None, ready=False)
+        ready = [i for i in self.wanted() if i.stage is Stage.SERVING]
+        first = ready[0] if ready else None
+        return TrackState(version=self.ref.version,
+                          ready=self.replicas > 0 and len(ready) >= self.replicas,
+                          scaling=len(ready) < self.replicas,
+                          http_url=first.url if first else None,
+                          grpc_target=first.grpc_target if first else None,
+                          instance_urls=tuple(i.url for i in self.serving()))
 
 
 class LocalEnvironment:
+    """The tracks of every model of one environment, their instances and the proxy."""
+
     def __init__(self, *, name: str, run_dir: Path, extra_env: dict[str, str] | None = None,
                  workers: int = 1, grpc_models: tuple[str, ...] = ()) -> None:
         self.name = name
@@ -119,35 +194,57 @@ class LocalEnvironment:
             return {"name": self.name, "run_dir": str(self.run_dir), "workers": self.workers,
                     "extra_env": self.extra_env, "router": self.router.to_state(),
                     "tracks": [{"model": m, "track": t, "ref": str(tr.ref) if tr.ref else None,
+                                "replicas": tr.replicas,
                                 "instances": [i.to_state() for i in tr.instances]}
                                for (m, t), tr in self.tracks.items()]}
 
     @classmethod
     def adopt(cls, state: dict[str, Any], *, start_router: bool = True) -> LocalEnvironment:
-        """The environment a dead controller left running; start the router again if it
-        died (`supervise()` replaces dead instances)."""
+        """The environment a dead daemon left running; start the router again if it died
+        (`supervise()` replaces dead instances)."""
         env = cls(name=state["name"], run_dir=Path(state["run_dir"]),
                   extra_env=state["extra_env"], workers=state["workers"])
         env.router = TraefikRouter.adopt(state["router"])
         for t in state["tracks"]:
             env.tracks[(t["model"], t["track"])] = Track(
                 ref=parse_model_ref(t["ref"]) if t["ref"] else None,
+                replicas=int(t["replicas"]),
                 instances=[Instance.adopt(i) for i in t["instances"]])
         if start_router and not env.router.running:
             env.router.start()
         return env
 
-    # --- instances -----------------------------------------------------------------
-    def _spawn(self, ref: ModelRef, extra_env: dict[str, str] | None = None) -> Instance:
-        http_port, grpc_port = free_port(), free_port()
-        config = ServingConfig(models=(ref,), grpc_port=grpc_port, grpc_host="127.0.0.1",
-                               workers=self.workers)
-        log_path = self.run_dir / f"{ref.name}-{ref.version}-{http_port}.log"
-        cmd = server_command(config, http_host="127.0.0.1", http_port=http_port,
-                             extra_env={**self.extra_env, **(extra_env or {})})
-        return Instance(ref=ref, http_port=http_port, grpc_port=grpc_port,
-                        proc=spawn(cmd, log_path=log_path), log_path=log_path)
+    # --- the Platform port ---------------------------------------------------------
+    def view(self, *, model: str) -> PlatformView:
+        """What both tracks of `model` run now, from the supervisor's last look."""
+        with self.lock:
+            return PlatformView(stable=self.track(model, "stable").state(),
+                                canary=self.track(model, "canary").state(),
+                                entry_url=f"http://{self.router.host}:{self.router.http_port}")
 
+    def run_canary(self, *, model: str, version: str, weight: int) -> None:
+        """A canary of `version` with at least one instance; the daemon's autoscaler sizes
+        it for `weight` from then on."""
+        with self.lock:
+            t = self.track(model, "canary")
+            if t.ref is None or t.ref.version != version:
+                t.ref = ModelRef(model, version)
+            t.replicas = max(1, t.replicas)
+
+    def promote(self, *, model: str, version: str) -> None:
+        """Stable moves to `version` at its current size (a rolling replacement)."""
+        with self.lock:
+            t = self.track(model, "stable")
+            if t.ref is None or t.ref.version != version:
+                t.ref = ModelRef(model, version)
+            t.replicas = max(1, t.replicas)
+
+    def remove_canary(self, *, model: str) -> None:
+        """The canary's instances leave the pools, then stop (see `supervise`)."""
+        with self.lock:
+            self.track(model, "canary").replicas = 0
+
+    # --- tracks --------------------------------------------------------------------
     def track(self, model: str, track: str) -> Track:
         if track not in TRACKS:
             raise ValueError(f"unknown track {track!r}; known: {', '.join(TRACKS)}")
@@ -155,59 +252,134 @@ class LocalEnvironment:
 
     def scale(self, model: str, track: str, *, ref: ModelRef, replicas: int,
               wait: bool = True, timeout: float = 120.0) -> list[Instance]:
-        """Run `replicas` instances of `ref` on the track; new ones first, then the rest go.
-        A different ref replaces every instance (new ones ready before old ones stop)."""
+        """Run `replicas` instances of `ref` on the track (a different ref replaces every
+        instance, new ones serving before old ones go); with `wait`, converge it first.
+        Returns the instances serving now."""
         with self.lock:
-            return self._scale(model, track, ref=ref, replicas=replicas, wait=wait,
-                               timeout=timeout)
-
-    def _scale(self, model: str, track: str, *, ref: ModelRef, replicas: int,
-               wait: bool, timeout: float) -> list[Instance]:
-        t = self.track(model, track)
-        keep = [i for i in t.instances if i.ref == ref and i.alive()]
-        retire = [i for i in t.instances if i not in keep]
-        new = [self._spawn(ref) for _ in range(max(0, replicas - len(keep)))]
+            t = self.track(model, track)
+            t.ref, t.replicas = ref, replicas
         if wait:
-            for inst in new:
-                if not wait_ready(inst.url, timeout=timeout, proc=inst.proc):
-                    raise RuntimeError(f"{inst.ref} on :{inst.http_port} did not become "
-                                       f"ready; log: {inst.log_path}")
-        keep += new
-        retire += keep[replicas:]
-        keep = keep[:replicas]
-        t.ref, t.instances = ref, keep
-        self._publish(model)
-        if retire:
-            # Traefik applies a file change 1-2 s late: stop an instance only once the
-            # router's own API shows it gone, then let its in-flight requests drain
-            self.router.wait_applied(route=model)
-            time.sleep(0.5)
-            for inst in retire:
-                stop(inst.proc)
-        return keep
-
-    def supervise(self) -> list[str]:
-        """Restart every instance that died; returns what was restarted."""
+            self.settle(model, track, timeout=timeout)
         with self.lock:
-            return self._supervise()
+            return t.serving()
 
-    def _supervise(self) -> list[str]:
-        restarted = []
-        for (model, _track), t in self.tracks.items():
-            for idx, inst in enumerate(t.instances):
-                if inst.alive():
-                    continue
-                stop(inst.proc)  # reap it and remove its private BentoML home
-                fresh = self._spawn(inst.ref)
-                fresh.restarts = inst.restarts + 1
-                t.instances[idx] = fresh
-                restarted.append(f"{inst.ref} :{inst.http_port} -> :{fresh.http_port}")
-                log.warning("restarted %s (exit %s)", inst.ref, inst.proc.returncode)
-            self._publish(model)
+    def settle(self, model: str, track: str, *, timeout: float = 120.0) -> None:
+        """Supervise until the track runs exactly what it should; an error naming the
+        instance's log if it does not within `timeout` or keeps dying."""
+        deadline = time.monotonic() + timeout
+        while True:
+            self.supervise()
+            with self.lock:
+                t = self.track(model, track)
+                if t.settled:
+                    return
+                lagging = next((i for i in t.wanted() if i.stage is Stage.STARTING), None)
+                crashing = lagging is not None and lagging.restarts >= GIVE_UP_RESTARTS
+            if lagging is not None and (crashing or time.monotonic() > deadline):
+                why = (f"exited {lagging.restarts} times" if crashing
+                       else f"did not become ready within {timeout:.0f}s")
+                raise ModelrailError(f"{lagging.ref} on :{lagging.http_port} {why}",
+                                     where=str(lagging.log_path),
+                                     accepted="see the instance's log")
+            if time.monotonic() > deadline:
+                raise ModelrailError(f"the {track} track of {model} did not settle within "
+                                     f"{timeout:.0f}s", where=str(self.run_dir))
+            time.sleep(0.2)
+
+    # --- the supervisor --------------------------------------------------------------
+    def supervise(self) -> list[str]:
+        """One convergence step for every track (see the module docstring); returns the
+        instances it restarted."""
+        ending: list[Instance] = []
+        with self.lock:
+            restarted: list[str] = []
+            for t in self.tracks.values():
+                restarted += self._replace_dead(t, ending)
+                self._converge(t, ending)
+            for model in {m for m, _ in self.tracks}:
+                self._publish(model)
+                self._release(model, ending)
+        for inst in ending:  # outside the lock: a graceful stop takes a moment
+            stop(inst.proc)
         return restarted
+
+    def _spawn(self, ref: ModelRef) -> Instance:
+        http_port, grpc_port = free_port(), free_port()
+        config = ServingConfig(models=(ref,), grpc_port=grpc_port, grpc_host="127.0.0.1",
+                               workers=self.workers)
+        log_path = self.run_dir / f"{ref.name}-{ref.version}-{http_port}.log"
+        cmd = server_command(config, http_host="127.0.0.1", http_port=http_port,
+                             extra_env=self.extra_env)
+        return Instance(ref=ref, http_port=http_port, grpc_port=grpc_port,
+                        proc=spawn(cmd, log_path=log_path), log_path=log_path)
+
+    def _replace_dead(self, t: Track, ending: list[Instance]) -> list[str]:
+        restarted = []
+        for inst in list(t.instances):
+            if inst.alive():
+                continue
+            ending.append(inst)  # reaped, its workers ended and its home removed
+            if inst.ref != t.ref or inst.stage in (Stage.LEAVING, Stage.DRAINING):
+                t.instances.remove(inst)  # on its way out anyway
+                continue
+            fresh = self._spawn(inst.ref)
+            fresh.restarts = inst.restarts + 1
+            t.instances[t.instances.index(inst)] = fresh
+            restarted.append(f"{inst.ref} :{inst.http_port} -> :{fresh.http_port}")
+            log.warning("restarted %s (exit %s)", inst.ref, inst.proc.returncode)
+        return restarted
+
+    def _converge(self, t: Track, ending: list[Instance]) -> None:
+        if t.ref is None:
+            return
+        wanted = t.wanted()
+        for _ in range(t.replicas - len(wanted)):
+            fresh = self._spawn(t.ref)
+            t.instances.append(fresh)
+            wanted.append(fresh)
+        for inst in wanted:
+            if inst.stage is Stage.STARTING and inst.answers_ready():
+                inst.stage = Stage.SERVING
+        # surplus: instances not serving yet go first, then the newest serving ones
+        surplus = sorted(reversed(wanted), key=lambda i: i.stage is Stage.SERVING)
+        for inst in surplus[:max(0, len(wanted) - t.replicas)]:
+            self._retire(t, inst, ending)
+        ready = len([i for i in t.wanted() if i.stage is Stage.SERVING]) >= t.replicas
+        for inst in [i for i in t.instances if i.ref != t.ref]:
+            if inst.stage is Stage.STARTING or (ready and inst.stage is Stage.SERVING):
+                self._retire(t, inst, ending)  # replaced: once the new ones all serve
+
+    def _retire(self, t: Track, inst: Instance, ending: list[Instance]) -> None:
+        if inst.stage is Stage.STARTING:  # never in a pool: stopped at once
+            t.instances.remove(inst)
+            ending.append(inst)
+        elif inst.stage is Stage.SERVING:
+            inst.stage = Stage.LEAVING
+
+    def _release(self, model: str, ending: list[Instance]) -> None:
+        """Instances out of the pools: draining once Traefik shows them gone, stopped after
+        DRAIN_SECONDS; a track with nothing left to run is absent again."""
+        now = time.monotonic()
+        tracks = [self.track(model, name) for name in TRACKS]
+        for t in tracks:
+            for inst in [i for i in t.instances if i.stage is Stage.DRAINING]:
+                if now - inst.draining_since >= DRAIN_SECONDS:
+                    t.instances.remove(inst)
+                    ending.append(inst)
+        leaving = [i for t in tracks for i in t.instances if i.stage is Stage.LEAVING]
+        if leaving and self.router.applied_pools(route=model):
+            for inst in leaving:
+                inst.stage, inst.draining_since = Stage.DRAINING, now
+        for t in tracks:
+            if t.replicas == 0 and not t.instances:
+                t.ref = None
 
     def _publish(self, model: str) -> None:
         self.router.set_pools(
             route=model,
-            stable=[i.ports for i in self.track(model, "stable").instances],
-            canary=[i.ports for i in self.track(model, "canary").instances])
+            stable=[i.ports for i in self.track(model, "stable").serving()],
+            canary=[i.ports for i in self.track(model, "canary").serving()])
+
+
+def _check_platform(env: LocalEnvironment) -> Platform:
+    return env  # mypy checks that LocalEnvironment implements the Platform port

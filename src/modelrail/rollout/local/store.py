@@ -1,4 +1,5 @@
-"""Where a local environment keeps its state on disk, and who writes what.
+"""Where a local environment keeps its state on disk, who writes what, and the rollout
+controller's RecordStore and Journal (ports.py) over those files.
 
     <state-dir>/<env>/
       env.json            the controller daemon: pid, phase, proxy ports, models  (daemon)
@@ -9,7 +10,7 @@
         request.json      what was asked: spec, task, who/when                     (CLI)
         sample.json       the validation sample replayed for the gate and as load  (CLI)
         commands.jsonl    promote / abort requests (append-only)                   (CLI)
-        status.json       RolloutStatus + which action/command was carried out     (daemon)
+        status.json       the controller's RolloutRecord + commands consumed       (daemon)
         series.jsonl      one line of measurements per analysis interval           (daemon)
 
 Each file has one writer, like a Kubernetes resource's spec (CLI) and status (controller);
@@ -21,6 +22,10 @@ Everything read back is validated like user input: a file that is torn, is not J
 the wrong shape raises CorruptStateError naming the file, what is wrong and how to repair
 it; a torn or malformed line of a .jsonl log is skipped. Rollout ids are checked against
 ROLLOUT_ID_RE before they become a path.
+
+`RolloutStore` (status.json) and `AuditJournal` (audit.jsonl and series.jsonl) are what the
+local rollout runner (runner.py) gives the controller; `rollout status|history|report`
+(cli/rollout.py, report.py) read the same files.
 """
 
 from __future__ import annotations
@@ -29,7 +34,7 @@ import json
 import os
 import re
 import time
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Annotated, Any, Literal, TypeVar
 
@@ -40,7 +45,10 @@ from modelrail.errors import CorruptStateError, InvalidInputError, NotFoundError
 from modelrail.exit_codes import ExitCode
 from modelrail.models.card import name_problem, version_problem
 from modelrail.processes import pid_alive
-from modelrail.rollout.core.spec import Phase, RolloutSpec, RolloutStatus
+from modelrail.rollout.core.analysis import Measurements, TrafficSample, Verdict
+from modelrail.rollout.core.engine import Action, Decision, Observation
+from modelrail.rollout.core.spec import Phase, RolloutRecord, RolloutSpec, RolloutStatus
+from modelrail.rollout.ports import Journal, RecordStore
 
 _ENV_RE = re.compile(r"^[a-z0-9]([-a-z0-9]{0,30}[a-z0-9])?$")
 # what new_rollout makes: a UTC timestamp, the model name and the version (+ "-n")
@@ -131,13 +139,20 @@ class HistoryEntry(_File):
 
 
 class SavedStatus(_File):
-    """status.json: where the rollout stands and which action the controller carried out."""
+    """status.json: the controller's RolloutRecord (where the rollout stands, which action
+    was carried out, the running load) and how many commands the runner consumed."""
 
     id: str
     status: RolloutStatus
     executed_seq: int = Field(ge=0)
+    load_handle: str | None = None
+    interval_started_at: float | None = None
+    finished: bool = False  # terminal, and traffic and canary cleaned up
     commands_seen: int = Field(ge=0)
     updated_at: float | None = None
+
+    def record(self) -> RolloutRecord:
+        return RolloutRecord.from_dict(self.model_dump(mode="json"))
 
     @model_validator(mode="after")
     def _consistent(self) -> SavedStatus:
@@ -275,8 +290,8 @@ class RolloutFiles:
         return saved.status if saved else None
 
     def summary(self) -> dict[str, Any]:
-        """Where the rollout stands, for the CLI; `done` once it ended *and* its last action
-        (e.g. the rollback of an abort) was carried out."""
+        """Where the rollout stands, for the CLI; `done` once it ended *and* its traffic and
+        canary were cleaned up (e.g. the rollback of an abort carried out)."""
         saved = self.read_status()
         st = saved.status if saved else None
         spec = self.read_request().spec
@@ -284,14 +299,14 @@ class RolloutFiles:
                 "canary": spec.canary_version,
                 "phase": st.phase.value if st else "Pending", "weight": st.weight if st else 0,
                 "message": st.message if st else "waiting for the environment's controller",
-                "done": bool(st and st.phase.terminal
-                             and saved and saved.executed_seq >= st.seq),
+                "done": bool(saved and saved.finished),
                 "started_at": st.started_at if st else None,
                 "history": list(st.history) if st else []}
 
-    def terminal(self) -> bool:
-        st = self.rollout_status()
-        return st is not None and st.phase.terminal
+    def finished(self) -> bool:
+        """Ended and cleaned up: nothing left for a controller to do."""
+        saved = self.read_status()
+        return saved is not None and saved.finished
 
     def problem(self) -> CorruptStateError | None:
         """Why this rollout cannot be read (its request, status or sample), or None."""
@@ -385,8 +400,8 @@ class EnvStore:
         return found
 
     def active(self, model: str | None = None) -> list[RolloutFiles]:
-        """Rollouts not ended yet; unreadable ones are left out (the controller skips them
-        too; `unreadable` lists them)."""
+        """Rollouts not finished yet (cleaning up counts as running); unreadable ones are
+        left out (the controller skips them too; `unreadable` lists them)."""
         return [r for r in self.rollouts(model) if _running(r)]
 
     def unreadable(self) -> list[tuple[RolloutFiles, CorruptStateError]]:
@@ -422,9 +437,95 @@ def _model_of(files: RolloutFiles) -> str | None:
 
 def _running(files: RolloutFiles) -> bool:
     try:
-        return not files.terminal()
+        return not files.finished()
     except CorruptStateError:
         return False
+
+
+class RolloutStore:
+    """status.json of one rollout: the controller's RecordStore. `commands_seen` (set by
+    the runner as it consumes commands.jsonl) is saved with every record, so a command is
+    applied once across restarts."""
+
+    def __init__(self, files: RolloutFiles) -> None:
+        self.files = files
+        saved = files.read_status()  # validated: a corrupt file is a CorruptStateError
+        self.commands_seen = saved.commands_seen if saved else 0
+
+    def load(self) -> RolloutRecord | None:
+        """The saved record, None before the first save."""
+        saved = self.files.read_status()
+        return saved.record() if saved else None
+
+    def save(self, *, record: RolloutRecord, verdict: Verdict | None) -> None:
+        """Replace status.json atomically and durably (the verdict goes to the journal)."""
+        write_json(self.files.status, {"id": self.files.id, **record.to_dict(),
+                                       "commands_seen": self.commands_seen,
+                                       "updated_at": time.time()})
+
+
+class AuditJournal:
+    """The environment's audit.jsonl — every decision, holds included, with its evidence
+    (what `rollout history` prints and the report reads) — and the rollout's series.jsonl,
+    one line per analysis interval (the report's charts)."""
+
+    def __init__(self, *, audit_path: Path, files: RolloutFiles, env: str, spec: RolloutSpec,
+                 digests: dict[str, str]) -> None:
+        self.audit_path = audit_path
+        self.files = files
+        self.env = env
+        self.spec = spec
+        self.digests = digests  # version -> sha256
+
+    def decided(self, *, before: RolloutStatus, decision: Decision,
+                observation: Observation) -> None:
+        """One audit line; one series line too when an interval was measured."""
+        d, m, spec = decision, observation.measurements, self.spec
+        append_jsonl(self.audit_path, {
+            "at": observation.now, "rollout": self.files.id, "env": self.env,
+            "seq": d.status.seq, "from": before.phase.value, "to": d.status.phase.value,
+            "action": d.action.value, "weight": d.weight,
+            # the engine repeats an action until it is seen done (a weight applied, …)
+            "reissued": d.action not in (Action.HOLD, Action.COMPLETE)
+                        and d.status.seq == before.seq,
+            "message": d.status.message,
+            "verdict": d.verdict.summary() if d.verdict else None, "model": spec.model,
+            "stable": {"version": spec.stable_version,
+                       "sha256": self.digests.get(spec.stable_version)},
+            "canary": {"version": spec.canary_version,
+                       "sha256": self.digests.get(spec.canary_version)},
+            "observed_weight": observation.observed_weight,
+            "checks": ([{"name": c.name, "status": c.status.name, "detail": c.detail,
+                         "decisive": c.decisive} for c in d.verdict.checks]
+                       if d.verdict else []),
+            "measurements": None if m is None else {
+                "canary": asdict(m.canary) if m.canary else None,
+                "stable": asdict(m.stable) if m.stable else None,
+                "gate": asdict(m.gate) if m.gate else None,
+                "load": asdict(m.load) if m.load else None}})
+        if m is not None:
+            self._series(observation.now, before.weight, m)
+
+    def _series(self, now: float, weight: int, m: Measurements) -> None:
+        seconds = m.seconds
+        append_jsonl(self.files.series, {
+            "at": now, "weight": weight,
+            "seconds": None if seconds is None else round(seconds, 3),
+            "stable": _traffic(m.stable, seconds), "canary": _traffic(m.canary, seconds),
+            "gate": asdict(m.gate) if m.gate else None,
+            "load": asdict(m.load) if m.load else None})
+
+
+def _traffic(sample: TrafficSample | None, seconds: float | None) -> dict[str, Any] | None:
+    if sample is None:
+        return None
+    return {"requests": sample.requests, "errors": sample.errors, "p99_ms": sample.p99_ms,
+            "rps": round(sample.requests / seconds, 2) if seconds else None,
+            "error_rate": (sample.errors / sample.requests) if sample.requests else None}
+
+
+def _check_ports(store: RolloutStore, journal: AuditJournal) -> tuple[RecordStore, Journal]:
+    return store, journal  # mypy checks that both implement their ports
 
 
 class EnvironmentDownError(NotFoundError):

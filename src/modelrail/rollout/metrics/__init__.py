@@ -1,2 +1,2 @@
-"""Metric providers: one interface (base.py), one backend per module. Providers return
-numbers; analysis.py decides."""
+"""Metric providers (MetricProvider and ModelGate in ports.py): one backend per module.
+Providers return numbers; the analysis (core/analysis.py) decides."""

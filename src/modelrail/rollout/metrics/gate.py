@@ -7,39 +7,41 @@ rows whose label differs and the total-variation distance between the two predic
 distributions; for regressors the share of rows differing by more than `tolerance`
 (relative) and the distance between the two outputs' decile histograms. Returns a
 GateSample; the analysis decides.
+
+The rollout controller's ModelGate (ports.py): it calls `compare` with one ready instance of
+each track at the end of every analysis interval.
 """
 
 from __future__ import annotations
 
 from collections import Counter
-from dataclasses import dataclass
 
 import httpx
 import numpy as np
 import numpy.typing as npt
 
 from modelrail.rollout.core.analysis import GateSample
+from modelrail.rollout.ports import GateEndpoint, ModelGate
 
-
-@dataclass(frozen=True)
-class Endpoint:
-    url: str  # http://host:port of an instance (or the track's service)
-    model: str
-    version: str
+TASKS = ("classification", "regression")  # what a model card's `task` may be
 
 
 class ModelGateProvider:
+    """Replays one validation sample (`rows`) to both sides of each comparison."""
+
     def __init__(self, rows: npt.NDArray[np.float64], *, task: str, batch: int = 256,
                  tolerance: float = 0.05, timeout: float = 10.0) -> None:
         if rows.ndim != 2 or rows.shape[0] == 0:
             raise ValueError("the validation sample must be a non-empty 2-D array")
+        if task not in TASKS:
+            raise ValueError(f"unknown model task {task!r}; known: {', '.join(TASKS)}")
         self.rows = rows
         self.task = task
         self.batch = batch
         self.tolerance = tolerance
         self.timeout = timeout
 
-    def compare(self, *, stable: Endpoint, canary: Endpoint) -> GateSample | None:
+    def compare(self, *, stable: GateEndpoint, canary: GateEndpoint) -> GateSample | None:
         """None when either side could not answer (no data, never success)."""
         a = self._answers(stable)
         b = self._answers(canary)
@@ -58,7 +60,7 @@ class ModelGateProvider:
         return GateSample(compared=int(a.shape[0]), disagreements=differ, distance=distance,
                           complete=int(a.shape[0]) == int(self.rows.shape[0]))
 
-    def _answers(self, ep: Endpoint) -> npt.NDArray[np.generic] | None:
+    def _answers(self, ep: GateEndpoint) -> npt.NDArray[np.generic] | None:
         output = "label" if self.task == "classification" else "predictions"
         parts: list[npt.NDArray[np.generic]] = []
         url = f"{ep.url}/v2/models/{ep.model}/versions/{ep.version}/infer"
@@ -83,3 +85,7 @@ def _total_variation(p: Counter[object], q: Counter[object]) -> float:
     n_p, n_q = sum(p.values()), sum(q.values())
     keys = set(p) | set(q)
     return 0.5 * sum(abs(p[k] / n_p - q[k] / n_q) for k in keys)
+
+
+def _check_gate(gate: ModelGateProvider) -> ModelGate:
+    return gate  # mypy checks that ModelGateProvider implements the ModelGate port

@@ -1,5 +1,6 @@
-"""PrometheusProvider: a track's traffic over the analysis window, from the Prometheus HTTP
-API (`/api/v1/query`), for the Kubernetes platform.
+"""PrometheusProvider: the MetricProvider (ports.py) of the Kubernetes platform — a track's
+traffic over the analysis window, from the Prometheus HTTP API (`/api/v1/query`). Built by
+the operator (kube/operator.py) for its namespace when MODELRAIL_PROMETHEUS_URL is set.
 
 The PromQL templates read the serving metrics every instance exports (serving/metrics.py),
 per namespace, model and version, over both protocols: requests, server errors (HTTP 5xx
@@ -10,12 +11,12 @@ unreachable Prometheus, an error answer or an empty result is "no data" (None), 
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
 
 import httpx
 
 from modelrail.rollout.core.analysis import TrafficSample
 from modelrail.rollout.metrics.scrape import SERVER_ERRORS
+from modelrail.rollout.ports import MetricProvider, MetricTrack
 
 SELECTOR = 'namespace="{namespace}",model="{model}",version="{version}"'
 QUERIES = {
@@ -27,27 +28,29 @@ QUERIES = {
 }
 
 
-@dataclass(frozen=True)
-class PromTrack:
-    namespace: str
-    model: str
-    version: str
-
-
-def queries(track: PromTrack, window_seconds: int) -> dict[str, str]:
-    sel = SELECTOR.format(namespace=track.namespace, model=track.model, version=track.version)
+def queries(*, namespace: str, track: MetricTrack, window_seconds: float) -> dict[str, str]:
+    """The PromQL of each figure for `track` over the last `window_seconds` (whole
+    seconds, at least one)."""
+    sel = SELECTOR.format(namespace=namespace, model=track.model, version=track.version)
     errors = "|".join(sorted({"5xx", *SERVER_ERRORS}))
-    return {k: q.format(sel=sel, window=window_seconds, errors=errors)
-            for k, q in QUERIES.items()}
+    window = max(1, math.ceil(window_seconds))
+    return {k: q.format(sel=sel, window=window, errors=errors) for k, q in QUERIES.items()}
 
 
 class PrometheusProvider:
-    def __init__(self, url: str, *, timeout: float = 5.0) -> None:
+    """One Prometheus, one namespace's model Deployments."""
+
+    def __init__(self, url: str, *, namespace: str, timeout: float = 5.0) -> None:
         self.url = url.rstrip("/")
+        self.namespace = namespace
         self.timeout = timeout
 
-    def sample(self, track: PromTrack, *, window_seconds: int) -> TrafficSample | None:
-        values = {k: self._scalar(q) for k, q in queries(track, window_seconds).items()}
+    def sample(self, *, track: MetricTrack, window_seconds: float) -> TrafficSample | None:
+        """Requests, server errors and p99 of `track` over the window; None without data
+        (each query is over the window, so the controller's baseline call reads nothing
+        it needs)."""
+        values = {k: self._scalar(q) for k, q in queries(
+            namespace=self.namespace, track=track, window_seconds=window_seconds).items()}
         requests, errors = values["requests"], values["errors"]
         if requests is None:
             return None
@@ -69,3 +72,7 @@ class PrometheusProvider:
             return None
         value = float(result[0]["value"][1])
         return None if math.isnan(value) else value  # NaN: no samples in the window
+
+
+# mypy checks that the provider implements its port
+_check_provider: type[MetricProvider] = PrometheusProvider

@@ -7,6 +7,9 @@ UNAVAILABLE, UNKNOWN, DEADLINE_EXCEEDED, DATA_LOSS — client errors such as 400
 INVALID_ARGUMENT are the caller's fault, not the canary's) and the p99 latency interpolated
 from the histogram buckets' increase, as PromQL's histogram_quantile does. A counter that
 went down (an instance restarted) counts from zero, as Prometheus' rate() does.
+
+The rollout controller's MetricProvider (ports.py) on the local platform: the controller
+calls `sample` at the start of each analysis interval (the baseline) and at its end.
 """
 
 from __future__ import annotations
@@ -18,18 +21,10 @@ import httpx
 from prometheus_client.parser import text_string_to_metric_families
 
 from modelrail.rollout.core.analysis import TrafficSample
+from modelrail.rollout.ports import MetricProvider, MetricTrack
 
 SERVER_ERRORS = frozenset({"5xx", "INTERNAL", "UNAVAILABLE", "UNKNOWN", "DEADLINE_EXCEEDED",
                            "DATA_LOSS"})
-
-
-@dataclass(frozen=True)
-class Track:
-    """Where a track's instances are and which model version they serve."""
-
-    model: str
-    version: str
-    urls: tuple[str, ...]
 
 
 @dataclass
@@ -77,39 +72,36 @@ def quantile(q: float, buckets: dict[float, float]) -> float | None:
 
 
 class ScrapeProvider:
-    def __init__(self, tracks: dict[str, Track], *, timeout: float = 2.0) -> None:
-        self.tracks = dict(tracks)
+    """Scrapes a track's instances; remembers each instance's last counters per model
+    version, so a sample is the increase since the previous one."""
+
+    def __init__(self, *, timeout: float = 2.0) -> None:
         self.timeout = timeout
-        self._last: dict[tuple[str, str], _Counters] = {}
+        self._last: dict[tuple[str, str], dict[str, _Counters]] = {}  # (model, version)
 
-    def set_track(self, name: str, track: Track) -> None:
-        """Instances come and go (autoscaling); counters of removed ones are forgotten."""
-        self.tracks[name] = track
-        keep = {(name, u) for u in track.urls}
-        for key in [k for k in self._last if k[0] == name and k not in keep]:
-            del self._last[key]
-
-    def online(self) -> bool:
-        urls = [u for t in self.tracks.values() for u in t.urls]
-        return bool(urls) and all(self._get(u) is not None for u in urls)
-
-    def sample(self, *, track: str) -> TrafficSample | None:
-        t = self.tracks.get(track)
-        if t is None or not t.urls:
+    def sample(self, *, track: MetricTrack, window_seconds: float) -> TrafficSample | None:
+        """What `track` served since the previous call for its model version (the first
+        call is the baseline; `window_seconds` is implied by the calls); None when it has
+        no instance or one cannot be scraped (a missing instance makes it unknowable)."""
+        if not track.urls:
             return None
-        requests = errors = 0.0
-        buckets: dict[float, float] = defaultdict(float)
-        for url in t.urls:
+        key = (track.model, track.version)
+        before = self._last.get(key, {})
+        now: dict[str, _Counters] = {}
+        for url in track.urls:
             text = self._get(url)
             if text is None:
-                return None  # a missing instance makes the interval unknowable
-            now = parse(text, t.model, t.version)
-            before = self._last.get((track, url), _Counters())
-            self._last[(track, url)] = now
-            requests += _increase(now.requests, before.requests)
-            errors += _increase(now.errors, before.errors)
-            for le, count in now.buckets.items():
-                buckets[le] += _increase(count, before.buckets.get(le, 0.0))
+                return None
+            now[url] = parse(text, track.model, track.version)
+        self._last[key] = now  # instances no longer listed are forgotten
+        requests = errors = 0.0
+        buckets: dict[float, float] = defaultdict(float)
+        for url, counters in now.items():
+            last = before.get(url, _Counters())
+            requests += _increase(counters.requests, last.requests)
+            errors += _increase(counters.errors, last.errors)
+            for le, count in counters.buckets.items():
+                buckets[le] += _increase(count, last.buckets.get(le, 0.0))
         p99 = quantile(0.99, dict(buckets))
         return TrafficSample(requests=round(requests), errors=round(errors),
                              p99_ms=None if p99 is None else p99 * 1000,
@@ -126,3 +118,7 @@ class ScrapeProvider:
 
 def _increase(now: float, before: float) -> float:
     return now if now < before else now - before
+
+
+def _check_provider(provider: ScrapeProvider) -> MetricProvider:
+    return provider  # mypy checks that ScrapeProvider implements the MetricProvider port

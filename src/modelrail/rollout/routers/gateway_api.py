@@ -1,28 +1,36 @@
-"""GatewayAPIRouter: canary weights on a model's HTTPRoute and GRPCRoute (Gateway API v1).
+"""GatewayAPIRouter: the TrafficRouter (ports.py) of the Kubernetes platform — canary weights
+on a model's HTTPRoute and GRPCRoute (Gateway API v1).
 
 The routes are created by the Pulumi program (infra/manifests.py: `http_route`,
 `grpc_route`) with two backendRefs, `<model>-stable` and `<model>-canary`. Setting a weight
 reads each route, changes only the two weights, and writes the rules back (a JSON merge
-patch replaces lists whole, so the matches are carried over as read). `observed_weight`
-reads both routes back: a step counts only when both protocols carry the same weight.
+patch replaces lists whole, so the matches are carried over as read); a route already at
+the weight is not written. `observed_weight` reads both routes back: a step counts only
+when both protocols carry the same weight. The operator (kube/reconciler.py) builds it over
+the platform's custom objects (kube/platform.py KubeObjects); it imports no client itself.
 """
 
 from __future__ import annotations
 
 from typing import Any, Protocol
 
+from modelrail.errors import NotFoundError
+from modelrail.rollout.ports import TrafficRouter
+
 GROUP, VERSION = "gateway.networking.k8s.io", "v1"
 PLURALS = ("httproutes", "grpcroutes")
 
 
-class CustomObjects(Protocol):
-    """The part of kubernetes.client.CustomObjectsApi this router uses."""
+class RouteObjects(Protocol):
+    """Custom objects of the router's namespace (kube/platform.py KubeObjects)."""
 
-    def get_namespaced_custom_object(self, group: str, version: str, namespace: str,
-                                     plural: str, name: str) -> Any: ...
+    def get(self, *, group: str, version: str, plural: str,
+            name: str) -> dict[str, Any] | None:
+        """The object, or None when there is none."""
 
-    def patch_namespaced_custom_object(self, group: str, version: str, namespace: str,
-                                       plural: str, name: str, body: Any) -> Any: ...
+    def patch(self, *, group: str, version: str, plural: str, name: str,
+              body: dict[str, Any]) -> None:
+        """A merge patch of the object."""
 
 
 def with_weights(route: dict[str, Any], model: str, canary_weight: int) -> list[Any]:
@@ -42,6 +50,7 @@ def with_weights(route: dict[str, Any], model: str, canary_weight: int) -> list[
 
 
 def canary_weight_of(route: dict[str, Any], model: str) -> int | None:
+    """The route's canary weight; None unless both backends are there and sum to 100."""
     weights = {ref.get("name"): int(ref.get("weight", 1))
                for rule in route.get("spec", {}).get("rules", [])
                for ref in rule.get("backendRefs", [])}
@@ -52,26 +61,39 @@ def canary_weight_of(route: dict[str, Any], model: str) -> int | None:
 
 
 class GatewayAPIRouter:
-    def __init__(self, api: CustomObjects, namespace: str) -> None:
-        self.api = api
-        self.namespace = namespace
+    """Weights on `<route>`'s HTTPRoute and GRPCRoute in one namespace."""
+
+    def __init__(self, objects: RouteObjects) -> None:
+        self.objects = objects
 
     def set_weight(self, *, route: str, canary_weight: int) -> None:
+        """Write the weight into both routes (a missing route is a NotFoundError)."""
         if not 0 <= canary_weight <= 100:
             raise ValueError(f"canary weight {canary_weight} is outside 0..100")
         for plural in PLURALS:
-            current = self.api.get_namespaced_custom_object(GROUP, VERSION, self.namespace,
-                                                            plural, route)
+            current = self._get(plural, route)
+            if current is None:
+                raise NotFoundError(
+                    f"no {plural[:-1]} {route!r} to set the canary weight on",
+                    where=f"{GROUP}/{VERSION} {plural}/{route}",
+                    accepted="the routes the Pulumi program creates for each model")
             if canary_weight_of(current, route) == canary_weight:
                 continue  # already there: no write, no new generation
-            self.api.patch_namespaced_custom_object(
-                GROUP, VERSION, self.namespace, plural, route,
-                {"spec": {"rules": with_weights(current, route, canary_weight)}})
+            self.objects.patch(group=GROUP, version=VERSION, plural=plural, name=route,
+                               body={"spec": {"rules": with_weights(current, route,
+                                                                    canary_weight)}})
 
     def observed_weight(self, *, route: str) -> int | None:
+        """The weight both routes carry; None when they differ or one is missing."""
         seen = set()
         for plural in PLURALS:
-            obj = self.api.get_namespaced_custom_object(GROUP, VERSION, self.namespace,
-                                                        plural, route)
-            seen.add(canary_weight_of(obj, route))
+            obj = self._get(plural, route)
+            seen.add(None if obj is None else canary_weight_of(obj, route))
         return seen.pop() if len(seen) == 1 else None
+
+    def _get(self, plural: str, route: str) -> dict[str, Any] | None:
+        return self.objects.get(group=GROUP, version=VERSION, plural=plural, name=route)
+
+
+# mypy checks that the router implements its port
+_check_router: type[TrafficRouter] = GatewayAPIRouter

@@ -3,6 +3,8 @@ setups where nothing splits traffic."""
 
 from __future__ import annotations
 
+from modelrail.rollout.ports import TrafficRouter
+
 
 class NopRouter:
     def __init__(self) -> None:
@@ -15,3 +17,7 @@ class NopRouter:
 
     def observed_weight(self, *, route: str) -> int | None:
         return self.weights.get(route)
+
+
+def _check_router(router: NopRouter) -> TrafficRouter:
+    return router  # mypy checks that NopRouter implements the TrafficRouter port

@@ -5,7 +5,11 @@ request, but applies a file change 1-2 s late — so `observed_weight` reads the
 from Traefik's API instead of trusting the file. Each route gets a weighted HTTP service
 (REST entry point) and a weighted h2c service (gRPC entry point) over the stable and canary
 instance pools; instances are health-checked on /v2/health/ready, so an instance that is not
-ready receives nothing. The dynamic configuration file is rewritten atomically.
+ready receives nothing. The dynamic configuration file is rewritten atomically, under a
+lock: the supervisor (pools) and rollouts (weights) change routes from different threads.
+
+The rollout controller's TrafficRouter (ports.py); the local platform (local/platform.py)
+owns one and publishes its instance pools through it.
 """
 
 from __future__ import annotations
@@ -15,6 +19,7 @@ import shutil
 import signal
 import subprocess
 import tempfile
+import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -26,6 +31,7 @@ import yaml
 from modelrail.durable import atomic_write_text
 from modelrail.errors import ModelrailError
 from modelrail.processes import Adopted, Proc
+from modelrail.rollout.ports import TrafficRouter
 
 
 @dataclass
@@ -68,18 +74,21 @@ class TraefikRouter:
         self.dynamic_dir.mkdir(parents=True, exist_ok=True)
         self.routes: dict[str, Route] = {}
         self.proc: Proc | None = None
+        self._lock = threading.Lock()
         if not (self.dynamic_dir / "routes.yaml").exists():
             self._write()  # never overwrite the routes a running proxy serves (adoption)
 
     # --- persistence: a restarted controller re-adopts the running proxy ------------
     def to_state(self) -> dict[str, Any]:
+        with self._lock:
+            routes = {name: {"stable": list(r.stable.instances),
+                             "canary": list(r.canary.instances),
+                             "canary_weight": r.canary_weight}
+                      for name, r in self.routes.items()}
         return {"pid": self.proc.pid if self.proc else None, "http_port": self.http_port,
                 "grpc_port": self.grpc_port, "api_port": self.api_port,
                 "grpc_route_ports": self.grpc_route_ports,
-                "workdir": str(self.workdir), "host": self.host,
-                "routes": {name: {"stable": r.stable.instances, "canary": r.canary.instances,
-                                  "canary_weight": r.canary_weight}
-                           for name, r in self.routes.items()}}
+                "workdir": str(self.workdir), "host": self.host, "routes": routes}
 
     @classmethod
     def adopt(cls, state: dict[str, Any]) -> TraefikRouter:
@@ -143,15 +152,19 @@ class TraefikRouter:
     # --- routes ------------------------------------------------------------------------
     def set_pools(self, *, route: str, stable: list[tuple[int, int]],
                   canary: list[tuple[int, int]]) -> None:
-        r = self.routes.setdefault(route, Route())
-        r.stable, r.canary = Pool(list(stable)), Pool(list(canary))
-        self._write()
+        """The instances (http_port, grpc_port) of each track of `route`."""
+        with self._lock:
+            r = self.routes.setdefault(route, Route())
+            r.stable, r.canary = Pool(list(stable)), Pool(list(canary))
+            self._write()
 
     def set_weight(self, *, route: str, canary_weight: int) -> None:
+        """Write the route's canary weight; Traefik applies it 1-2 s later."""
         if not 0 <= canary_weight <= 100:
             raise ValueError(f"canary weight {canary_weight} is outside 0..100")
-        self.routes.setdefault(route, Route()).canary_weight = canary_weight
-        self._write()
+        with self._lock:
+            self.routes.setdefault(route, Route()).canary_weight = canary_weight
+            self._write()
 
     def observed_weight(self, *, route: str) -> int | None:
         """The canary weight Traefik applies to both protocols, from its API; None when the
@@ -163,12 +176,14 @@ class TraefikRouter:
     def applied_pools(self, *, route: str) -> bool:
         """Whether Traefik already uses exactly the pools last written for `route`, on both
         protocols (a file change takes it 1-2 s). Retire instances only after this."""
-        r = self.routes.get(route)
-        if r is None:
-            return False
+        with self._lock:
+            r = self.routes.get(route)
+            if r is None:
+                return False
+            pools = {"stable": list(r.stable.instances), "canary": list(r.canary.instances)}
         for proto, scheme, idx in (("http", "http", 0), ("grpc", "h2c", 1)):
-            for track, pool in (("stable", r.stable), ("canary", r.canary)):
-                want = sorted(f"{scheme}://{self.host}:{p[idx]}" for p in pool.instances)
+            for track, instances in pools.items():
+                want = sorted(f"{scheme}://{self.host}:{p[idx]}" for p in instances)
                 try:
                     got = httpx.get(self._api(f"/api/http/services/{route}-{proto}-{track}"
                                               "@file"), timeout=2)
@@ -182,6 +197,7 @@ class TraefikRouter:
         return True
 
     def wait_applied(self, *, route: str, timeout: float = 15.0) -> None:
+        """Block until `applied_pools` (for callers that may wait: `env up`, tests)."""
         deadline = time.monotonic() + timeout
         while not self.applied_pools(route=route):
             if time.monotonic() > deadline:
@@ -251,3 +267,7 @@ class TraefikRouter:
         # atomic and fsynced: Traefik never loads a half-written file, and a crash leaves
         # the routes the proxy last applied (its temp file ends in .tmp: Traefik skips it)
         atomic_write_text(target, text)
+
+
+def _check_router(router: TraefikRouter) -> TrafficRouter:
+    return router  # mypy checks that TraefikRouter implements the TrafficRouter port

@@ -9,9 +9,9 @@ it never replaces an existing file (immutable registry entries). Append-only log
 each record with one O_APPEND write and fsync it. `fsync_tree` makes durable a folder
 that another library wrote.
 
-Called for every file modelrail keeps: the rollout state files (rollout/store.py), model
+Called for every file modelrail keeps: the rollout state files (rollout/local/store.py), model
 cards, blobs and samples (models/registry.py, models/bento_store.py), Traefik's dynamic
-route file (rollout/routers/traefik.py) and the HTML report (rollout/report.py).
+route file (rollout/routers/traefik.py) and the HTML report (rollout/local/report.py).
 """
 
 from __future__ import annotations

@@ -1,5 +1,5 @@
 """Load verification with Locust, always as a subprocess (never imported: its gevent
-monkey-patching breaks processes that already use ssl or asyncio; DESIGN.md), from the
+monkey-patching breaks processes that already use ssl or asyncio), from the
 locustfiles in services/inference/loadtest/.
 
 - `LocustRunner`: the rollout controller's LoadRunner (ports.py) on the local platform.

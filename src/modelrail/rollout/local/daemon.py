@@ -7,7 +7,7 @@ a second:
   - supervise: converge every track (platform.py): restart instances that died, start the
     ones asked for, let them into the proxy's pools once ready, retire the others safely;
   - autoscale: each settled track follows its in-flight requests per instance with the HPA
-    algorithm (autoscaler.py); the canary is sized by its weight, stable keeps its own
+    algorithm (core/autoscaler.py); the canary is sized by its weight, stable keeps its own
     bounds;
   - rollouts: every rollout under rollouts/ that has not finished gets a worker thread
     running the rollout controller over the local platform (runner.py) until it has; a

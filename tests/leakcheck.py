@@ -68,6 +68,22 @@ class LeakCheck:
         self.stores = [p.resolve() for p in stores]
         self.remove = list(remove)
         self.grace = grace
+        self.temp_before = set(self._temp_dirs())
+
+    @staticmethod
+    def _temp_dirs() -> list[Path]:
+        return sorted(p for p in Path(tempfile.gettempdir()).glob("modelrail-*")
+                      if not p.name.startswith(HOME_PREFIX))
+
+    def leftover_temp_dirs(self) -> list[Path]:
+        """modelrail's temporary folders that appeared during the session and are still
+        there (test harnesses' kubeconfigs, scratch copies), removed before returning."""
+        keep = {p.resolve() for p in self.remove}
+        left = [p for p in self._temp_dirs()
+                if p not in self.temp_before and p.resolve() not in keep]
+        for path in left:
+            shutil.rmtree(path, ignore_errors=True)
+        return left
 
     def add_store(self, path: Path) -> None:
         """Count private homes whose model store lies under `path` as the session's."""
@@ -107,12 +123,14 @@ class LeakCheck:
     def pytest_sessionfinish(self, session: pytest.Session) -> None:
         processes = self.leftover_processes()
         homes = self.leftover_homes()
+        temps = self.leftover_temp_dirs()
         for path in self.remove:
             shutil.rmtree(path, ignore_errors=True)
-        if not processes and not homes:
+        if not processes and not homes and not temps:
             return
         lines = [f"process {p.pid} still running (killed now): {p.cmdline}" for p in processes]
         lines += [f"private BentoML home not removed (removed now): {h}" for h in homes]
+        lines += [f"temporary folder not removed (removed now): {d}" for d in temps]
         lines.append("whatever starts a server must stop it: processes.stop() ends its "
                      "workers and removes its home")
         reporter = session.config.pluginmanager.get_plugin("terminalreporter")

@@ -22,6 +22,7 @@ import asyncio
 import json
 import os
 import re
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -225,6 +226,7 @@ def kmock_cluster(namespace: str) -> Iterator[Cluster]:
     finally:
         box["loop"].call_soon_threadsafe(box["stop"].set)
         thread.join(10)
+        shutil.rmtree(tmp, ignore_errors=True)
 
 
 @dataclass

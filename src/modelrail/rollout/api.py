@@ -78,17 +78,8 @@ class ModelRolloutSpec(_Camel):
 
     def policy(self) -> RolloutPolicy:
         """The canary policy, validated by the same rules as a stack's."""
-        t = self.thresholds
-        return RolloutPolicy(
-            steps=self.steps, step_seconds=self.step_seconds,
-            analysis_interval_seconds=self.analysis_interval_seconds,
-            max_error_rate=t.max_error_rate, max_p99_latency_ms=t.max_p99_latency_ms,
-            max_latency_ratio=t.max_latency_ratio,
-            max_error_rate_increase=t.max_error_rate_increase,
-            max_label_disagreement=t.max_label_disagreement,
-            min_requests_per_step=t.min_requests_per_step, failure_limit=self.failure_limit,
-            progress_deadline_seconds=self.progress_deadline_seconds,
-            manual_gates=self.manual_gates)
+        return RolloutPolicy(**{f: getattr(self, f) for f in _POLICY_FIELDS},
+                             **self.thresholds.model_dump())
 
     def rollout(self, *, stable: str) -> RolloutSpec:
         """What the engine runs for this resource against the `stable` version; on a
@@ -101,23 +92,20 @@ class ModelRolloutSpec(_Camel):
     def from_policy(cls, policy: RolloutPolicy, *, model: str, version: str,
                     sha256: str | None) -> ModelRolloutSpec:
         """The spec the Pulumi program writes for a model of a stack."""
-        return cls(model=model, version=version, sha256=sha256, steps=list(policy.steps),
-                   step_seconds=policy.step_seconds,
-                   analysis_interval_seconds=policy.analysis_interval_seconds,
-                   thresholds=RolloutThresholds(
-                       max_error_rate=policy.max_error_rate,
-                       max_p99_latency_ms=policy.max_p99_latency_ms,
-                       max_latency_ratio=policy.max_latency_ratio,
-                       max_error_rate_increase=policy.max_error_rate_increase,
-                       max_label_disagreement=policy.max_label_disagreement,
-                       min_requests_per_step=policy.min_requests_per_step),
-                   failure_limit=policy.failure_limit,
-                   progress_deadline_seconds=policy.progress_deadline_seconds,
-                   manual_gates=list(policy.manual_gates))
+        thresholds = RolloutThresholds(**{f: getattr(policy, f)
+                                          for f in RolloutThresholds.model_fields})
+        return cls(model=model, version=version, sha256=sha256, thresholds=thresholds,
+                   **{f: getattr(policy, f) for f in _POLICY_FIELDS})
 
     def to_resource(self) -> dict[str, Any]:
         """As written into a ModelRollout's spec (camelCase, no unset optionals)."""
         return self.model_dump(by_alias=True, exclude_none=True, mode="json")
+
+
+# ModelRolloutSpec fields that are RolloutPolicy fields of the same name (the thresholds
+# are the rest of the policy, grouped)
+_POLICY_FIELDS = ("steps", "step_seconds", "analysis_interval_seconds", "failure_limit",
+                  "progress_deadline_seconds", "manual_gates")
 
 
 class InvalidRolloutError(InvalidInputError):

@@ -20,8 +20,6 @@ from modelrail.exit_codes import ExitCode
 from modelrail.rollout import api
 from modelrail.rollout.core.spec import Phase
 
-EXIT_CODES = {phase.value: int(code) for phase, code in api.PHASE_EXIT.items()}
-
 
 def add_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--kube", action="store_true",
@@ -72,7 +70,7 @@ def summary(obj: dict[str, Any]) -> dict[str, Any]:
             "stable": st.get("stableVersion"), "canary": st.get("canaryVersion"),
             "phase": phase, "weight": st.get("canaryWeight", 0),
             "message": st.get("message", ""),
-            "exit_code": EXIT_CODES.get(phase) if done else None,
+            "exit_code": api.exit_code_of(phase) if done else None,
             "last_analysis": st.get("lastAnalysis"),
             "conditions": [c for c in st.get("conditions") or [] if c.get("status") == "False"]}
 

@@ -36,14 +36,11 @@ from modelrail.errors import CorruptStateError, InvalidInputError
 from modelrail.exit_codes import ExitCode
 from modelrail.rollout import api
 
-EXIT_ROLLED_BACK, EXIT_TIMED_OUT, EXIT_ABORTED = (
-    ExitCode.ROLLED_BACK, ExitCode.TIMED_OUT, ExitCode.ABORTED)
 # a follower meeting a file it cannot read retries this long before calling it corrupt: it
 # may be a copy being restored, a disk hiccup, or a writer on a file system without
 # atomic rename
 READ_GRACE_SECONDS = 5.0
 T = TypeVar("T")
-PHASE_EXIT = {phase.value: int(code) for phase, code in api.PHASE_EXIT.items()}
 
 
 def add_parser(sub: Any) -> None:
@@ -261,7 +258,7 @@ def _sample(path: Path | None, registry: Any, name: str, version: str, stable: s
 def _summary(files: Any) -> dict[str, Any]:
     summary: dict[str, Any] = files.summary()
     done = summary.pop("done")
-    summary["exit_code"] = PHASE_EXIT.get(summary["phase"]) if done else None
+    summary["exit_code"] = api.exit_code_of(summary["phase"]) if done else None
     return summary
 
 
@@ -293,15 +290,15 @@ def _follow(files: Any, output: str, timeout: float) -> int:
             code = int(summary["exit_code"])
             break
         if time.monotonic() - started > timeout:
-            code = summary["exit_code"] = EXIT_TIMED_OUT
+            code = summary["exit_code"] = ExitCode.TIMED_OUT
             summary["message"] = f"still {summary['phase']} after waiting {timeout:.0f}s"
             break
         time.sleep(0.5)
     if output == "json":
         print_json(summary)
     else:
-        verdict = {0: "PROMOTED", EXIT_ROLLED_BACK: "ROLLED BACK", EXIT_TIMED_OUT: "TIMED OUT",
-                   EXIT_ABORTED: "ABORTED"}[code]
+        verdict = {ExitCode.OK: "PROMOTED", ExitCode.ROLLED_BACK: "ROLLED BACK",
+                   ExitCode.TIMED_OUT: "TIMED OUT", ExitCode.ABORTED: "ABORTED"}[ExitCode(code)]
         print(f"{verdict}: {summary['model']} {summary['canary']} "
               f"({summary['message']}) exit {code}")
     return code

@@ -38,6 +38,18 @@ PHASE_EXIT: dict[Phase, ExitCode] = {
 }
 
 Weight = Annotated[int, Field(ge=1, le=100)]
+
+
+def exit_code_of(phase: str) -> int | None:
+    """The exit code of a finished rollout in phase `phase` (a Phase value); None while it
+    runs."""
+    try:
+        code = PHASE_EXIT.get(Phase(phase))
+    except ValueError:  # not a phase at all: a status written by something else
+        return None
+    return None if code is None else int(code)
+
+
 _NAME_PATTERN = r"^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$"
 _VERSION_PATTERN = r"^[a-z0-9]([-._a-z0-9]{0,61}[a-z0-9])?$"
 

@@ -26,3 +26,4 @@ class ExitCode(IntEnum):
     TIMED_OUT = 10  # the progress deadline passed (or --timeout while waiting)
     ABORTED = 11  # a person aborted the rollout
     ENV_NOT_UP = 12  # the local environment is not running
+    CONTAINER = 13  # an image build or the container runtime (podman, runc) failed

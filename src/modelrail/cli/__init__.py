@@ -7,7 +7,8 @@ Each command group lives in its own module (model.py, demo.py, …) exposing
   4 parity gate failed · 5 version conflict · 6 integrity (a sha256 mismatch, or a stored
   file torn or corrupt: CorruptStateError) · 7 packaging (wheel or bentoml build) failed ·
   8 environments drift apart ·
-  9 rollout rolled back · 10 rollout timed out · 11 rollout aborted · 12 environment not up
+  9 rollout rolled back · 10 rollout timed out · 11 rollout aborted · 12 environment not up ·
+  13 an image build or the container runtime failed
 """
 
 from __future__ import annotations
@@ -17,10 +18,10 @@ import sys
 from collections.abc import Sequence
 
 from modelrail import __version__
-from modelrail.cli import bento, demo, infra, model, rollout, serve
+from modelrail.cli import bento, demo, image, infra, model, rollout, serve
 from modelrail.errors import ModelrailError
 
-GROUPS = (model, serve, bento, infra, rollout, demo)
+GROUPS = (model, serve, bento, image, infra, rollout, demo)
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -81,6 +81,16 @@ def stored_sha256(tag: str) -> str | None:
     return hashlib.sha256(path.read_bytes()).hexdigest() if path.exists() else None
 
 
+def model_dir(tag: str) -> Path:
+    """The folder BentoML keeps model `tag` in (card, ONNX file, model.yaml); verify its
+    bytes with `load` before shipping it anywhere."""
+    model = _get_exact(tag)
+    if model is None:
+        raise NotFoundError(f"no model {tag} in BentoML's model store", where="bentoml",
+                            accepted="a tag saved by `modelrail model register`")
+    return Path(model.path)
+
+
 def load(tag: str) -> tuple[ModelCard, bytes]:
     """The card and verified ONNX bytes of a model in BentoML's store."""
 

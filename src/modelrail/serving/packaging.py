@@ -111,6 +111,10 @@ def build_bento(refs: list[ModelRef], *, keep_context: Path | None = None) -> Bu
             shutil.copy2(service_dir / name, ctx / name)
         (ctx / "bentofile.yaml").write_text(yaml.safe_dump(bentofile(models, wheel),
                                                            sort_keys=False))
+        # the version names the models, not the source: a rebuild replaces the old Bento
+        _run([sys.executable, "-m", "bentoml", "delete", "--yes",
+              f"{BENTO_NAME}:{bento_version(models)}"], "bentoml delete", cwd=ctx,
+             check=False)
         out = _run([sys.executable, "-m", "bentoml", "build", str(ctx), "--version",
                     bento_version(models), "--output", "tag"], "bentoml build", cwd=ctx,
                    # bentoml imports service.py, which reads its models from the environment
@@ -125,12 +129,12 @@ def build_bento(refs: list[ModelRef], *, keep_context: Path | None = None) -> Bu
 
 
 def _run(argv: list[str], what: str, *, cwd: Path,
-         extra_env: dict[str, str] | None = None) -> str:
+         extra_env: dict[str, str] | None = None, check: bool = True) -> str:
     env = {**os.environ, "BENTOML_DO_NOT_TRACK": "true", "ORT_DISABLE_TELEMETRY": "1",
            "PIP_NO_INDEX": "1", **(extra_env or {})}
     proc = subprocess.run(argv, cwd=cwd, env=env, capture_output=True, text=True, check=False,
                           timeout=600)
-    if proc.returncode != 0:
+    if check and proc.returncode != 0:
         raise BuildError(f"{what} failed (exit {proc.returncode}):\n"
                          f"{(proc.stdout + proc.stderr)[-3000:]}")
     return proc.stdout + proc.stderr

@@ -9,6 +9,24 @@ PYTHON="${PYTHON:-python3.11}"
 UV_VERSION="0.13.8"
 VENV=".venv"
 
+# Container tooling from Debian's packages (the images and their tests): podman, with runc
+# as its runtime, and debootstrap for the base image. Installed only when missing (bookworm
+# ships podman 4.3 and runc 1.1); installing needs root, as CI and these machines run.
+missing=()
+for tool in podman runc debootstrap; do
+  command -v "$tool" >/dev/null 2>&1 || missing+=("$tool")
+done
+if [ "${#missing[@]}" -gt 0 ]; then
+  if [ "$(id -u)" -ne 0 ] || ! command -v apt-get >/dev/null 2>&1; then
+    echo "bootstrap: modelrail's images need ${missing[*]} (Debian packages); install them as root" >&2
+    exit 2
+  fi
+  echo "bootstrap: installing ${missing[*]} from Debian's packages"
+  export DEBIAN_FRONTEND=noninteractive
+  apt-get install -y -q "${missing[@]}" >/dev/null \
+    || { apt-get update -q >/dev/null && apt-get install -y -q "${missing[@]}" >/dev/null; }
+fi
+
 if ! command -v "$PYTHON" >/dev/null 2>&1; then
   echo "bootstrap: $PYTHON not found; modelrail needs CPython 3.11 (set PYTHON=/path/to/python3.11)" >&2
   exit 2

@@ -35,10 +35,16 @@ from modelrail.processes import HOME_PREFIX, pid_alive, processes_with_env
 SESSION_ENV = "MODELRAIL_TEST_SESSION"
 
 
+CONTAINER_LABEL = "modelrail.test-session"
+
+
 def mark_session() -> str:
-    """Put a fresh session marker into this process's environment; returns it."""
+    """Put a fresh session marker into this process's environment; returns it. Containers
+    started by modelrail carry it as a label (podman.LABELS_ENV): they run under conmon,
+    not as the session's descendants."""
     marker = uuid.uuid4().hex
     os.environ[SESSION_ENV] = marker
+    os.environ["MODELRAIL_CONTAINER_LABELS"] = f"{CONTAINER_LABEL}={marker}"
     return marker
 
 
@@ -119,16 +125,31 @@ class LeakCheck:
                 shutil.rmtree(home, ignore_errors=True)  # unlinks the store, never follows
         return left
 
+    def leftover_containers(self) -> list[str]:
+        """The session's containers (running or not), removed before returning."""
+        from modelrail.images import podman
+
+        if not podman.available():
+            return []
+        found = podman.containers(f"{CONTAINER_LABEL}={self.marker}")
+        left = [f"{c.get('Names', ['?'])[0]} ({c.get('Image', '?')}, {c.get('State', '?')})"
+                for c in found]
+        for c in found:
+            podman.remove_container(str(c["Id"]))
+        return left
+
     @pytest.hookimpl(trylast=True)  # after the runner has torn the session fixtures down
     def pytest_sessionfinish(self, session: pytest.Session) -> None:
+        containers = self.leftover_containers()
         processes = self.leftover_processes()
         homes = self.leftover_homes()
         temps = self.leftover_temp_dirs()
         for path in self.remove:
             shutil.rmtree(path, ignore_errors=True)
-        if not processes and not homes and not temps:
+        if not processes and not homes and not temps and not containers:
             return
         lines = [f"process {p.pid} still running (killed now): {p.cmdline}" for p in processes]
+        lines += [f"container not removed (removed now): {c}" for c in containers]
         lines += [f"private BentoML home not removed (removed now): {h}" for h in homes]
         lines += [f"temporary folder not removed (removed now): {d}" for d in temps]
         lines.append("whatever starts a server must stop it: processes.stop() ends its "

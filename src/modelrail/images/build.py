@@ -225,13 +225,18 @@ def _normalize_modes(ctx: Path) -> None:
 
 
 def content_hash(ctx: Path, *, base_id: str, text: str) -> str:
-    """sha256 over the context's files (paths and bytes; a wheel by its entries, a
-    bento.yaml without its creation times), the Containerfile and the base image id."""
+    """sha256 over the context's files, the Containerfile and the base image id: paths and
+    bytes, except what records when rather than what — modelrail's wheel counts by its
+    entries (not their zip timestamps), a bento.yaml without its creation times, and a
+    model version by its ONNX bytes only (its card and model.yaml also carry the time and
+    commit of registration; the sha256 the image's tags pin is the model)."""
     h = hashlib.sha256(f"{base_id}\n{text}".encode())
     for path in sorted(p for p in ctx.rglob("*") if p.is_file()):
         rel = path.relative_to(ctx).as_posix()
         h.update(rel.encode() + b"\0")
-        if path.suffix == ".whl" and rel.startswith("wheels/modelrail-"):
+        if rel.startswith("bento/models/") and path.name in ("card.json", "model.yaml"):
+            continue
+        if path.suffix == ".whl" and path.name.startswith("modelrail-"):
             with zipfile.ZipFile(path) as z:
                 for info in sorted(z.infolist(), key=lambda i: i.filename):
                     h.update(info.filename.encode() + hashlib.sha256(z.read(info)).digest())

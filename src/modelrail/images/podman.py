@@ -27,6 +27,21 @@ NETWORK = "modelrail"
 NETWORK_SUBNET = os.environ.get("MODELRAIL_CONTAINER_SUBNET", "10.213.0.0/24")
 OWNER_LABEL = "modelrail.owner"
 ULIMITS = ("--ulimit", "nofile=20000:20000", "--ulimit", "nproc=4096:4096")
+# extra labels on every container started here, "key=value,…" (a test session marks its
+# containers so that it can prove none outlives it)
+LABELS_ENV = "MODELRAIL_CONTAINER_LABELS"
+
+
+def owner_labels() -> dict[str, str]:
+    labels = {OWNER_LABEL: "modelrail"}
+    for item in filter(None, os.environ.get(LABELS_ENV, "").split(",")):
+        key, _, value = item.partition("=")
+        labels[key.strip()] = value.strip()
+    return labels
+
+
+def label_args() -> list[str]:
+    return [arg for k, v in sorted(owner_labels().items()) for arg in ("--label", f"{k}={v}")]
 
 
 class ContainerError(ModelrailError):

@@ -60,9 +60,8 @@ class PodContainer:
         check_non_root(run)
         podman.ensure_network()
         podman.remove_container(run.name)  # a leftover of the same name
-        out = podman.podman("run", "--detach", *run.args, what=f"starting {run.name}",
-                            timeout=120)
-        del out
+        podman.podman("run", "--detach", *podman.label_args(), *podman.ULIMITS, *run.args,
+                      what=f"starting {run.name}", timeout=120)
         info = podman.inspect_container(run.name)
         if info is None:
             raise ContainerError(f"{run.name} vanished right after it started")

@@ -129,6 +129,7 @@ class StackConfig(_Model):
     namespace: str
     image: str
     controller_image: str
+    loadtest_image: str
     hostname: str
     gateway: Gateway
     monitoring_namespace: str
@@ -144,7 +145,7 @@ class StackConfig(_Model):
     def _labels(cls, v: str) -> str:
         return _dns(v)
 
-    @field_validator("image", "controller_image")
+    @field_validator("image", "controller_image", "loadtest_image")
     @classmethod
     def _image(cls, v: str) -> str:
         if not _IMAGE.fullmatch(v) or v.endswith(":latest") or ":" not in v.rsplit("/", 1)[-1]:

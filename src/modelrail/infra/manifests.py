@@ -379,8 +379,8 @@ def controller_deployment(cfg: StackConfig) -> Obj:
 
 def load_job(cfg: StackConfig, *, name: str, model: str, version: str, target: str,
              rows: list[list[float]], seconds: int, users: int) -> Obj:
-    """The Locust run of one analysis interval as a Job (image: the controller's, which
-    carries modelrail and Locust). Its summary is the container's termination message."""
+    """The Locust run of one analysis interval as a Job (the load-test image: modelrail,
+    Locust and its locustfiles). Its summary is the container's termination message."""
     argv = ["python", "-m", "modelrail.rollout.load.job", "--protocol", "rest", "--target",
             target, "--model", model, "--version", version, "--seconds", str(seconds),
             "--users", str(users)]
@@ -395,7 +395,7 @@ def load_job(cfg: StackConfig, *, name: str, model: str, version: str, target: s
                                        "automountServiceAccountToken": False,
                                        "securityContext": _pod_security(),
                                        "containers": [{
-                                           "name": "locust", "image": cfg.controller_image,
+                                           "name": "locust", "image": cfg.loadtest_image,
                                            "args": argv,
                                            "env": [{"name": "MODELRAIL_LOAD_ROWS_JSON",
                                                     "value": json.dumps(rows)}],

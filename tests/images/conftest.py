@@ -19,7 +19,7 @@ from modelrail.serving.config import parse_model_ref
 from tests.conftest import Example
 
 ROOT = Path(__file__).resolve().parents[2]
-MODELS = ("iris:1", "iris:2")
+MODELS = ("iris:1", "iris:2", "iris:3")  # what `env up --runtime container` builds too
 
 
 @pytest.fixture(scope="session")

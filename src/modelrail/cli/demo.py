@@ -41,6 +41,9 @@ def add_parser(sub: Any) -> None:
     p.add_argument("--models-only", action="store_true",
                    help="stop after training and registering (no environments)")
     p.add_argument("--report", type=Path, default=Path(".modelrail/demo/report.html"))
+    p.add_argument("--runtime", choices=("process", "container"), default="process",
+                   help="instances as processes (default) or as containers of the real "
+                        "inference image (podman+runc)")
     p.set_defaults(handler=_demo)
 
 
@@ -122,7 +125,7 @@ def _walk(args: argparse.Namespace, env: str, registry: Any,
     reg = ["--registry", str(registry.root)]
     # one model and at most two instances per track keep a 2-core machine responsive
     code = _cli(["env", "up", env, "--project", str(args.project), "--models", MODEL,
-                 "--max-replicas", "2", *reg, *_state(args)])
+                 "--max-replicas", "2", "--runtime", args.runtime, *reg, *_state(args)])
     if code != 0:
         raise SystemExit(code)
     info = EnvStore(env, args.state_dir).read_env() or {}

@@ -47,6 +47,10 @@ def add_actions(esub: Any) -> None:
                     help="autoscaling target: requests in flight per worker (default: 2)")
     up.add_argument("--registry", default=None, help="model registry (default: "
                                                      "$MODELRAIL_REGISTRY)")
+    up.add_argument("--runtime", choices=("process", "container"), default="process",
+                    help="run each instance as a process (default, fastest) or as a "
+                         "container of the inference image, as the stack's Deployment "
+                         "says (podman+runc; the image is built or found first)")
     up.add_argument("--timeout", type=float, default=UP_TIMEOUT)
     add_common(up)
     add_output_flag(up)
@@ -96,6 +100,8 @@ def _up(args: argparse.Namespace) -> int:
     if store.daemon_alive() and (store.read_env() or {}).get("phase") == "Ready":
         print(f"environment {args.env} is already up")
         return _status(args)
+    image = _image_for(args, registry, [m.name for m in config.models
+                                        if not wanted or m.name in wanted])
     store.root.mkdir(parents=True, exist_ok=True)
     argv = [sys.executable, "-m", "modelrail.rollout.local.daemon", "--env", args.env,
             "--project", str(args.project.resolve()), "--state-dir",
@@ -103,6 +109,8 @@ def _up(args: argparse.Namespace) -> int:
             "--target-in-flight", str(args.target_in_flight)]
     if args.max_replicas:
         argv += ["--max-replicas", str(args.max_replicas)]
+    if image:
+        argv += ["--image", image]
     env = {**os.environ, "MODELRAIL_REGISTRY": str(registry.root.resolve()),
            "ORT_DISABLE_TELEMETRY": "1", "BENTOML_DO_NOT_TRACK": "true"}
     with store.log_file.open("ab") as log:
@@ -123,6 +131,23 @@ def _up(args: argparse.Namespace) -> int:
                              "(it keeps starting in the background)", where=str(store.log_file),
                              accepted=f"check: modelrail env status {args.env}")
     return _status(args)
+
+
+def _image_for(args: argparse.Namespace, registry: Any, models: list[str]) -> str | None:
+    """For `--runtime container`: the inference image of every registered version of the
+    environment's models (a rollout may move to any of them), built or found by content."""
+    if args.runtime != "container":
+        return None
+    from modelrail.images.build import build_inference
+    from modelrail.serving.config import ModelRef
+
+    refs = [ModelRef(c.name, c.version, c.sha256) for c in registry.list()
+            if c.name in models]
+    built = build_inference(refs)
+    out = sys.stderr if getattr(args, "output", "text") == "json" else sys.stdout
+    print(f"{'built' if built.built else 'found'} {built.ref} with "
+          f"{', '.join(m.tag for m in built.models)}", file=out)
+    return built.ref
 
 
 def _status(args: argparse.Namespace) -> int:

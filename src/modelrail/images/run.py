@@ -56,11 +56,14 @@ class PodContainer:
 
     # --- start -----------------------------------------------------------------------
     @classmethod
-    def start(cls, run: ContainerRun, *, workdir: Path | None = None) -> PodContainer:
+    def start(cls, run: ContainerRun, *, workdir: Path | None = None,
+              extra_args: tuple[str, ...] = ()) -> PodContainer:
+        """`extra_args`: podman options that are not the pod's (e.g. where its log goes)."""
         check_non_root(run)
         podman.ensure_network()
         podman.remove_container(run.name)  # a leftover of the same name
-        podman.podman("run", "--detach", *podman.label_args(), *podman.ULIMITS, *run.args,
+        podman.podman("run", "--detach", *podman.label_args(), *podman.ULIMITS, *extra_args,
+                      *run.args,
                       what=f"starting {run.name}", timeout=120)
         info = podman.inspect_container(run.name)
         if info is None:

@@ -227,3 +227,38 @@ def test_autoscaling_follows_a_load_ramp_up_and_down(examples: dict[str, Example
         assert events[0]["to"] > events[0]["from"] and events[0]["metric"] > 1
         assert events[-1]["to"] == 1 and events[-1]["to"] < events[-1]["from"]
         assert max(e["to"] for e in events) <= 3
+
+
+def test_container_runtime_promotes_a_good_version_and_rolls_a_bad_one_back(
+        examples: dict[str, Example], tmp_path: Path) -> None:
+    """The same environment, controller and rollouts, with every instance a container of
+    the real inference image run as the stack's Deployment says (podman+runc)."""
+    from modelrail.images import podman
+
+    project, state = tmp_path / "project", tmp_path / "state"
+    write_stack(project, "ct")
+    with local_env(project, state, "ct", "--runtime", "container") as info:
+        plane = json.loads((state / "ct" / "plane.json").read_text())
+        assert plane["runtime"]["kind"] == "container"
+        [inst] = [i for t in plane["tracks"] for i in t["instances"]]
+        container = podman.inspect_container(inst["container"])
+        assert container is not None and container["State"]["Running"]
+        assert container["Config"]["User"] == "1034:1034"
+        assert container["HostConfig"]["ReadonlyRootfs"] is True
+        assert inst["host"].startswith(podman.NETWORK_SUBNET.rsplit(".", 1)[0])
+        traffic = _traffic(info)
+        good = cli("rollout", "start", "--env", "ct", "--model", "iris:2", "--wait", *FAST,
+                   "-o", "json", state_dir=state)
+        results = traffic.stop()
+        assert good.returncode == 0, good.stdout + good.stderr
+        assert set(results) == {200} and results[200] > 100, results  # zero failed
+        assert env_info(state, "ct")["models"]["iris"]["stable"] == "iris:2"
+        bad = cli("rollout", "start", "--env", "ct", "--model", "iris:3", "--wait", *FAST,
+                  "-o", "json", state_dir=state)
+        assert bad.returncode == 9, bad.stdout + bad.stderr
+        assert json.loads(bad.stdout)["phase"] == "RolledBack"
+        assert env_info(state, "ct")["models"]["iris"]["stable"] == "iris:2"
+        names = [i["container"] for t in json.loads((state / "ct" / "plane.json").read_text())
+                 ["tracks"] for i in t["instances"]]
+    for name in [inst["container"], *names]:  # env down removed every container
+        assert podman.inspect_container(name) is None

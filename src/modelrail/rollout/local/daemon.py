@@ -16,6 +16,9 @@ a second:
     can be read;
   - publish: env.json (for `env status` and the CLI) and plane.json (to re-adopt).
 
+Instances are processes, or, with `--image` (`env up --runtime container`), containers of
+the inference image started as the stack's Deployment says (runtime.py).
+
 Killed (even with SIGKILL), it leaves the instances and the proxy serving; started again,
 it adopts them from plane.json and its rollouts resume from their saved status. SIGTERM
 (`env down`) aborts running rollouts (traffic back to stable), then stops everything.
@@ -49,6 +52,7 @@ from modelrail.rollout.core.autoscaler import (
 )
 from modelrail.rollout.local.platform import LocalEnvironment
 from modelrail.rollout.local.runner import LocalRunner, open_rollout
+from modelrail.rollout.local.runtime import ContainerRuntime
 from modelrail.rollout.local.store import (
     EnvStore,
     RolloutFiles,
@@ -65,7 +69,8 @@ METRIC_WINDOW = 5  # in-flight samples averaged per decision
 
 class Daemon:
     def __init__(self, *, env: str, project: Path, state_dir: Path, models: list[str],
-                 max_replicas: int | None, target_in_flight: float) -> None:
+                 max_replicas: int | None, target_in_flight: float,
+                 image: str | None = None) -> None:
         self.store = EnvStore(env, state_dir)
         self.project = project
         self.config: StackConfig = load_stack(env, project)
@@ -87,6 +92,7 @@ class Daemon:
         self.in_flight: dict[tuple[str, str], deque[float]] = {}
         self.started_at = time.time()
         self.env: LocalEnvironment | None = None
+        self.image = image  # set: instances run as containers of this image
 
     # --- start -----------------------------------------------------------------------------
     def start(self) -> None:
@@ -98,9 +104,17 @@ class Daemon:
             self.env = adopt_plane(self.store)
             log.info("adopted the running environment from %s", plane)
         else:
+            runtime = None
+            if self.image:
+                # a container gets no environment of ours: pass on the fault switches
+                passed = {k: os.environ[k] for k in ("MODELRAIL_FAULTS",) if k in os.environ}
+                runtime = ContainerRuntime(image=self.image, project=self.project,
+                                           stack=self.store.env, env_name=self.store.env,
+                                           extra_env=passed)
             self.env = LocalEnvironment(name=self.store.env, run_dir=self.store.run_dir,
                                         workers=self.config.workers,
-                                        grpc_models=tuple(m.name for m in self.models))
+                                        grpc_models=tuple(m.name for m in self.models),
+                                        runtime=runtime)
             self.env.start()
         self._save_plane()
         for m in self.models:
@@ -306,13 +320,16 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--models", default="")
     p.add_argument("--max-replicas", type=int, default=None)
     p.add_argument("--target-in-flight", type=float, default=2.0)
+    p.add_argument("--image", default=None,
+                   help="run instances as containers of this inference image")
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.INFO, stream=sys.stdout,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     logging.getLogger("httpx").setLevel(logging.WARNING)
     daemon = Daemon(env=args.env, project=args.project, state_dir=args.state_dir,
                     models=[m for m in args.models.split(",") if m],
-                    max_replicas=args.max_replicas, target_in_flight=args.target_in_flight)
+                    max_replicas=args.max_replicas, target_in_flight=args.target_in_flight,
+                    image=args.image)
     signal.signal(signal.SIGTERM, lambda *_: daemon.stopping.set())
     signal.signal(signal.SIGINT, lambda *_: daemon.stopping.set())
     try:

@@ -31,6 +31,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
+import uuid
 from dataclasses import dataclass, field
 from enum import StrEnum
 from pathlib import Path
@@ -39,19 +40,16 @@ from typing import Any
 import httpx
 
 from modelrail.errors import ModelrailError
-from modelrail.processes import (
-    Adopted,
-    Proc,
-    free_port,
-    home_of,
-    instance_id_of,
-    server_command,
-    spawn,
-    stop,
+from modelrail.processes import free_port
+from modelrail.rollout.local.runtime import (
+    ProcessRuntime,
+    Runtime,
+    Started,
+    runtime_from_state,
 )
 from modelrail.rollout.ports import Platform, PlatformView, TrackState
 from modelrail.rollout.routers.traefik import TraefikRouter
-from modelrail.serving.config import ModelRef, ServingConfig, parse_model_ref
+from modelrail.serving.config import ModelRef, parse_model_ref
 
 log = logging.getLogger(__name__)
 TRACKS = ("stable", "canary")
@@ -73,23 +71,24 @@ class Instance:
     ref: ModelRef
     http_port: int
     grpc_port: int
-    proc: Proc
+    proc: Started
     log_path: Path
+    host: str = "127.0.0.1"
     restarts: int = 0
     stage: Stage = Stage.STARTING
     draining_since: float = 0.0  # time.monotonic() when it began DRAINING
 
     @property
     def url(self) -> str:
-        return f"http://127.0.0.1:{self.http_port}"
+        return f"http://{self.host}:{self.http_port}"
 
     @property
     def grpc_target(self) -> str:
-        return f"127.0.0.1:{self.grpc_port}"
+        return f"{self.host}:{self.grpc_port}"
 
     @property
-    def ports(self) -> tuple[int, int]:
-        return self.http_port, self.grpc_port
+    def ports(self) -> tuple[str, int, int]:
+        return self.host, self.http_port, self.grpc_port
 
     def alive(self) -> bool:
         return self.proc.poll() is None
@@ -101,26 +100,21 @@ class Instance:
         except httpx.HTTPError:
             return False
 
-    def to_state(self) -> dict[str, Any]:
-        home = home_of(self.proc)
+    def to_state(self, runtime: Runtime) -> dict[str, Any]:
         # the drain clock does not survive a restart: a draining instance is checked
         # against Traefik's API again
         stage = Stage.LEAVING if self.stage is Stage.DRAINING else self.stage
-        return {"ref": str(self.ref), "http_port": self.http_port,
-                "grpc_port": self.grpc_port, "pid": self.proc.pid,
-                "log_path": str(self.log_path), "restarts": self.restarts,
-                "stage": stage.value, "home": str(home) if home else None,
-                # finds its workers after a restart of the daemon, even if it died
-                "instance_id": instance_id_of(self.proc)}
+        return {"ref": str(self.ref), "host": self.host, "http_port": self.http_port,
+                "grpc_port": self.grpc_port, "log_path": str(self.log_path),
+                "restarts": self.restarts, "stage": stage.value,
+                **runtime.handle_state(self.proc)}
 
     @classmethod
-    def adopt(cls, state: dict[str, Any]) -> Instance:
-        home = Path(state["home"]) if state.get("home") else None
+    def adopt(cls, state: dict[str, Any], runtime: Runtime) -> Instance:
         return cls(ref=parse_model_ref(state["ref"]), http_port=state["http_port"],
-                   grpc_port=state["grpc_port"],
-                   proc=Adopted(state["pid"], home=home, instance_id=state.get("instance_id")),
-                   log_path=Path(state["log_path"]), restarts=state["restarts"],
-                   stage=Stage(state["stage"]))
+                   grpc_port=state["grpc_port"], host=state.get("host", "127.0.0.1"),
+                   proc=runtime.adopt(state), log_path=Path(state["log_path"]),
+                   restarts=state["restarts"], stage=Stage(state["stage"]))
 
 
 @dataclass
@@ -164,12 +158,15 @@ class LocalEnvironment:
     """The tracks of every model of one environment, their instances and the proxy."""
 
     def __init__(self, *, name: str, run_dir: Path, extra_env: dict[str, str] | None = None,
-                 workers: int = 1, grpc_models: tuple[str, ...] = ()) -> None:
+                 workers: int = 1, grpc_models: tuple[str, ...] = (),
+                 runtime: Runtime | None = None) -> None:
         self.name = name
         self.run_dir = run_dir
         self.run_dir.mkdir(parents=True, exist_ok=True)
         self.extra_env = dict(extra_env or {})
         self.workers = workers
+        self.runtime: Runtime = runtime or ProcessRuntime(workers=workers,
+                                                          extra_env=self.extra_env)
         self.router = TraefikRouter(http_port=free_port(), grpc_port=free_port(),
                                     api_port=free_port(), workdir=run_dir / "traefik",
                                     grpc_route_ports={m: free_port() for m in grpc_models})
@@ -184,7 +181,7 @@ class LocalEnvironment:
         with self.lock:
             for track in self.tracks.values():
                 for inst in track.instances:
-                    stop(inst.proc)
+                    self.runtime.stop(inst.proc)
                 track.instances.clear()
             self.router.stop()
 
@@ -193,23 +190,27 @@ class LocalEnvironment:
         with self.lock:
             return {"name": self.name, "run_dir": str(self.run_dir), "workers": self.workers,
                     "extra_env": self.extra_env, "router": self.router.to_state(),
+                    "runtime": self.runtime.to_state(),
                     "tracks": [{"model": m, "track": t, "ref": str(tr.ref) if tr.ref else None,
                                 "replicas": tr.replicas,
-                                "instances": [i.to_state() for i in tr.instances]}
+                                "instances": [i.to_state(self.runtime)
+                                              for i in tr.instances]}
                                for (m, t), tr in self.tracks.items()]}
 
     @classmethod
     def adopt(cls, state: dict[str, Any], *, start_router: bool = True) -> LocalEnvironment:
         """The environment a dead daemon left running; start the router again if it died
         (`supervise()` replaces dead instances)."""
+        runtime = runtime_from_state(state.get("runtime"), workers=state["workers"],
+                                     extra_env=state["extra_env"])
         env = cls(name=state["name"], run_dir=Path(state["run_dir"]),
-                  extra_env=state["extra_env"], workers=state["workers"])
+                  extra_env=state["extra_env"], workers=state["workers"], runtime=runtime)
         env.router = TraefikRouter.adopt(state["router"])
         for t in state["tracks"]:
             env.tracks[(t["model"], t["track"])] = Track(
                 ref=parse_model_ref(t["ref"]) if t["ref"] else None,
                 replicas=int(t["replicas"]),
-                instances=[Instance.adopt(i) for i in t["instances"]])
+                instances=[Instance.adopt(i, runtime) for i in t["instances"]])
         if start_router and not env.router.running:
             env.router.start()
         return env
@@ -300,18 +301,14 @@ class LocalEnvironment:
                 self._publish(model)
                 self._release(model, ending)
         for inst in ending:  # outside the lock: a graceful stop takes a moment
-            stop(inst.proc)
+            self.runtime.stop(inst.proc)
         return restarted
 
     def _spawn(self, ref: ModelRef) -> Instance:
-        http_port, grpc_port = free_port(), free_port()
-        config = ServingConfig(models=(ref,), grpc_port=grpc_port, grpc_host="127.0.0.1",
-                               workers=self.workers)
-        log_path = self.run_dir / f"{ref.name}-{ref.version}-{http_port}.log"
-        cmd = server_command(config, http_host="127.0.0.1", http_port=http_port,
-                             extra_env=self.extra_env)
-        return Instance(ref=ref, http_port=http_port, grpc_port=grpc_port,
-                        proc=spawn(cmd, log_path=log_path), log_path=log_path)
+        log_path = self.run_dir / f"{ref.name}-{ref.version}-{uuid.uuid4().hex[:8]}.log"
+        host, http_port, grpc_port, handle = self.runtime.start(ref, log_path)
+        return Instance(ref=ref, host=host, http_port=http_port, grpc_port=grpc_port,
+                        proc=handle, log_path=log_path)
 
     def _replace_dead(self, t: Track, ending: list[Instance]) -> list[str]:
         restarted = []

@@ -21,6 +21,7 @@ import subprocess
 import tempfile
 import threading
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -33,12 +34,15 @@ from modelrail.errors import ModelrailError
 from modelrail.processes import Adopted, Proc
 from modelrail.rollout.ports import TrafficRouter
 
+Endpoint = tuple[str, int, int]  # host, http_port, grpc_port
+
 
 @dataclass
 class Pool:
-    """The instances of one track: (http_port, grpc_port) on 127.0.0.1."""
+    """The instances of one track: (host, http_port, grpc_port) each — on 127.0.0.1 for
+    processes, on the container network for containers."""
 
-    instances: list[tuple[int, int]] = field(default_factory=list)
+    instances: list[Endpoint] = field(default_factory=list)
 
 
 @dataclass
@@ -98,8 +102,8 @@ class TraefikRouter:
                      api_port=state["api_port"], workdir=Path(state["workdir"]),
                      host=state["host"], grpc_route_ports=state.get("grpc_route_ports"))
         for name, r in state["routes"].items():
-            router.routes[name] = Route(Pool([tuple(p) for p in r["stable"]]),
-                                        Pool([tuple(p) for p in r["canary"]]),
+            router.routes[name] = Route(Pool([router._endpoint(p) for p in r["stable"]]),
+                                        Pool([router._endpoint(p) for p in r["canary"]]),
                                         int(r["canary_weight"]))
         router._write()
         if state.get("pid"):
@@ -150,13 +154,20 @@ class TraefikRouter:
                 os.kill(self.proc.pid, signal.SIGKILL)
 
     # --- routes ------------------------------------------------------------------------
-    def set_pools(self, *, route: str, stable: list[tuple[int, int]],
-                  canary: list[tuple[int, int]]) -> None:
-        """The instances (http_port, grpc_port) of each track of `route`."""
+    def set_pools(self, *, route: str, stable: Sequence[tuple[int, int] | Endpoint],
+                  canary: Sequence[tuple[int, int] | Endpoint]) -> None:
+        """The instances of each track of `route`: (host, http_port, grpc_port), or
+        (http_port, grpc_port) on the router's own host."""
         with self._lock:
             r = self.routes.setdefault(route, Route())
-            r.stable, r.canary = Pool(list(stable)), Pool(list(canary))
+            r.stable = Pool([self._endpoint(p) for p in stable])
+            r.canary = Pool([self._endpoint(p) for p in canary])
             self._write()
+
+    def _endpoint(self, p: Sequence[Any]) -> Endpoint:
+        if len(p) == 2:
+            return (self.host, int(p[0]), int(p[1]))
+        return (str(p[0]), int(p[1]), int(p[2]))
 
     def set_weight(self, *, route: str, canary_weight: int) -> None:
         """Write the route's canary weight; Traefik applies it 1-2 s later."""
@@ -181,9 +192,9 @@ class TraefikRouter:
             if r is None:
                 return False
             pools = {"stable": list(r.stable.instances), "canary": list(r.canary.instances)}
-        for proto, scheme, idx in (("http", "http", 0), ("grpc", "h2c", 1)):
+        for proto, scheme, idx in (("http", "http", 1), ("grpc", "h2c", 2)):
             for track, instances in pools.items():
-                want = sorted(f"{scheme}://{self.host}:{p[idx]}" for p in instances)
+                want = sorted(f"{scheme}://{p[0]}:{p[idx]}" for p in instances)
                 try:
                     got = httpx.get(self._api(f"/api/http/services/{route}-{proto}-{track}"
                                               "@file"), timeout=2)
@@ -225,8 +236,8 @@ class TraefikRouter:
         services: dict[str, Any] = {}
         for n, (name, r) in enumerate(self.routes.items()):
             grpc_entry = f"grpc-{name}" if name in self.grpc_route_ports else "grpc"
-            for proto, entry, scheme, idx in (("http", "web", "http", 0),
-                                              ("grpc", grpc_entry, "h2c", 1)):
+            for proto, entry, scheme, idx in (("http", "web", "http", 1),
+                                              ("grpc", grpc_entry, "h2c", 2)):
                 # REST: by the model's paths (OIP and /predict); anything else (health,
                 # server metadata) goes to the first model's pools at the lowest priority
                 rule = (f"PathRegexp(`^/(v2/models|predict)/{name}(/|$)`)"
@@ -247,8 +258,8 @@ class TraefikRouter:
                     "healthCheck": {}}}
                 for track, pool in (("stable", r.stable), ("canary", r.canary)):
                     services[f"{name}-{proto}-{track}"] = {"loadBalancer": {
-                        "servers": [{"url": f"{scheme}://{self.host}:{ports[idx]}"}
-                                    for ports in pool.instances],
+                        "servers": [{"url": f"{scheme}://{ep[0]}:{ep[idx]}"}
+                                    for ep in pool.instances],
                         # HTTP pools probe /v2/health/ready; gRPC pools call the standard
                         # grpc.health.v1.Health/Check, which answers SERVING only when ready
                         "healthCheck": ({"path": "/v2/health/ready"} if proto == "http"

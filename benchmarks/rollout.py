@@ -5,12 +5,14 @@ weight-change propagation time (set on Traefik → observed on its API). Each ba
 twice: with the pre-traffic analysis `rollout start` does by default (the ready canary is
 loaded directly and gated before any user request), and with live-traffic analysis only.
 
-    .venv/bin/python benchmarks/rollout.py
+    .venv/bin/python benchmarks/rollout.py [--runtime process|container|both]
 
 Real processes, real Traefik, real Locust, continuous client load through the proxy; the
 rollout runs as the environment's daemon runs it (local/runner.py: the rollout controller
 over the local platform, built from the rollout's files), the platform supervised every
-second in the same loop. Loopback only, bounded in time. Results:
+second in the same loop. With the container runtime every instance is a container of the
+real inference image, run as the dev stack's Deployment says (podman+runc, on the
+internal `modelrail` network). Loopback and that network only, bounded in time. Results:
 .modelrail/bench/rollout.json and the rollout section of BENCHMARKS.md.
 """
 
@@ -38,6 +40,7 @@ from modelrail.rollout.core.spec import RolloutSpec, Thresholds  # noqa: E402
 from modelrail.rollout.load.client import ClientTraffic  # noqa: E402
 from modelrail.rollout.local.platform import LocalEnvironment  # noqa: E402
 from modelrail.rollout.local.runner import TICK_SECONDS, open_rollout  # noqa: E402
+from modelrail.rollout.local.runtime import ContainerRuntime  # noqa: E402
 from modelrail.rollout.local.store import RolloutFiles, write_json  # noqa: E402
 from modelrail.serving.config import ModelRef  # noqa: E402
 
@@ -73,12 +76,19 @@ def prepare() -> tuple[np.ndarray, str]:
     return split.X_test, "98-shuffled"
 
 
+def _environment(name: str, faults: dict[str, Any], image: str | None) -> LocalEnvironment:
+    extra_env = {"MODELRAIL_FAULTS": json.dumps(faults)}
+    runtime = None if image is None else ContainerRuntime(
+        image=image, project=ROOT, stack="dev", env_name=name, extra_env=extra_env)
+    return LocalEnvironment(name=name, run_dir=WORK / "rollout" / name, extra_env=extra_env,
+                            runtime=runtime)
+
+
 def scenario(name: str, rows: np.ndarray, spec: RolloutSpec,
-             faults: dict[str, Any]) -> dict[str, Any]:
+             faults: dict[str, Any], image: str | None = None) -> dict[str, Any]:
     mode = "pre-traffic + live" if spec.pre_traffic_analysis else "live only"
     shutil.rmtree(WORK / "rollout" / name, ignore_errors=True)  # a fresh rollout, not a resume
-    env = LocalEnvironment(name=name, run_dir=WORK / "rollout" / name,
-                           extra_env={"MODELRAIL_FAULTS": json.dumps(faults)})
+    env = _environment(name, faults, image)
     files = RolloutFiles(WORK / "rollout" / name / "rollouts" / f"20250101T000000-iris-{name}")
     files.dir.mkdir(parents=True)
     task = Registry().get(spec.model, spec.canary_version).task
@@ -128,6 +138,7 @@ def scenario(name: str, rows: np.ndarray, spec: RolloutSpec,
     total, failed = traffic.total, traffic.failed
     return {
         "kind": name, "mode": mode, "phase": status.phase.value,
+        "runtime": "process" if image is None else "container",
         "start_to_end_s": (done_at[0] - started) if done_at else None,
         "canary_took_traffic": bool(first_traffic),
         "first_traffic_to_end_s": (done_at[0] - first_traffic[0])
@@ -140,17 +151,32 @@ def scenario(name: str, rows: np.ndarray, spec: RolloutSpec,
 
 
 def main() -> int:
+    import argparse
+
+    p = argparse.ArgumentParser()
+    p.add_argument("--runtime", choices=("process", "container", "both"), default="both")
+    args = p.parse_args()
     rows, wrong = prepare()
+    images: list[str | None] = []
+    if args.runtime in ("process", "both"):
+        images.append(None)
+    if args.runtime in ("container", "both"):
+        from modelrail.images.build import build_inference
+
+        images.append(build_inference([ModelRef("iris", "1"), ModelRef("iris", "2"),
+                                       ModelRef("iris", wrong)]).ref)
     pre = replace(SPEC, pre_traffic_analysis=True)  # what `rollout start` does by default
-    runs = [scenario("good", rows, pre, {})]
-    for spec in (pre, SPEC):
-        runs += [
-            scenario("errors", rows, spec, {"iris:2": {"error_rate": 0.3}}),
-            scenario("slow", rows, spec, {"iris:2": {"latency_ms": 400}}),
-            scenario("wrong", rows, replace(spec, canary_version=wrong), {}),
-        ]
-    runs.append(scenario("never-ready", rows, replace(pre, progress_deadline_seconds=15),
-                         {"iris:2": {"never_ready": True}}))
+    runs = []
+    for image in images:
+        runs.append(scenario("good", rows, pre, {}, image))
+        for spec in (pre, SPEC):
+            runs += [
+                scenario("errors", rows, spec, {"iris:2": {"error_rate": 0.3}}, image),
+                scenario("slow", rows, spec, {"iris:2": {"latency_ms": 400}}, image),
+                scenario("wrong", rows, replace(spec, canary_version=wrong), {}, image),
+            ]
+        runs.append(scenario("never-ready", rows, replace(pre, progress_deadline_seconds=15),
+                             {"iris:2": {"never_ready": True}}, image))
     (WORK / "rollout.json").write_text(json.dumps(runs, indent=2))
     lines = ["## Rollouts (`benchmarks/rollout.py`)", "",
              "Local platform, iris:1 → candidate, steps 10/50/100 %, 4 s per step, "
@@ -158,9 +184,9 @@ def main() -> int:
              "plus Locust per analysis interval. Targets: rollback within 30 s of first "
              "canary traffic, blast radius under 0.5 %, zero failed requests for a good "
              "canary.", "",
-             "| candidate | analysis | outcome | start → end | first traffic → end | "
-             "client requests | failed | blast radius | max weight propagation |",
-             "|---|---|---|---|---|---|---|---|---|"]
+             "| runtime | candidate | analysis | outcome | start → end | first traffic → end "
+             "| client requests | failed | blast radius | max weight propagation |",
+             "|---|---|---|---|---|---|---|---|---|---|"]
     for r in runs:
         t = r["first_traffic_to_end_s"]
         se = r["start_to_end_s"]
@@ -168,7 +194,7 @@ def main() -> int:
         wp = r["weight_propagation_s"]
         first = "no traffic" if not r["canary_took_traffic"] else (
             "–" if t is None else f"{t:.1f} s")
-        lines.append(f"| {r['kind']} | {r['mode']} | {r['phase']} | "
+        lines.append(f"| {r['runtime']} | {r['kind']} | {r['mode']} | {r['phase']} | "
                      f"{'–' if se is None else f'{se:.1f} s'} | {first} | {r['requests']} | "
                      f"{r['failed']} | {'–' if br is None else f'{br:.3%}'} | "
                      f"{'–' if wp is None else f'{wp:.2f} s'} |")

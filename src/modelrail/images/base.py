@@ -70,11 +70,13 @@ def mirror() -> str:
     return DEFAULT_MIRROR
 
 
-def ensure_base() -> BaseImage:
-    """The base image, built only if the local store lacks it."""
-    ref = base_ref()
+def ensure_base(*, ref: str | None = None, force: bool = False) -> BaseImage:
+    """The base image, built only if the local store lacks it (or `force`; `ref` names it
+    elsewhere, e.g. to time a cold build beside the cached one)."""
+    default = ref is None
+    ref = ref or base_ref()
     start = time.monotonic()
-    if podman.image_exists(ref):
+    if not force and podman.image_exists(ref):
         pkgs = _packages_file().read_text().split() if _packages_file().is_file() else []
         return BaseImage(ref, podman.image_id(ref), tuple(pkgs), False,
                          time.monotonic() - start)
@@ -115,8 +117,9 @@ def ensure_base() -> BaseImage:
             f"{' '.join(PACKAGES)}",
             f"LABEL modelrail.recipe={recipe_hash()}",
         ])
-    _packages_file().parent.mkdir(parents=True, exist_ok=True)
-    _packages_file().write_text("\n".join(packages) + "\n")
+    if default:
+        _packages_file().parent.mkdir(parents=True, exist_ok=True)
+        _packages_file().write_text("\n".join(packages) + "\n")
     return BaseImage(ref, image_id, tuple(packages), True, time.monotonic() - start)
 
 

@@ -238,3 +238,58 @@ def test_an_image_that_runs_as_root_is_refused_for_a_non_root_pod(
         check_non_root(run)
     check_non_root(container_run(spec, name="x", network=podman.NETWORK,
                                  image=images["inference"].ref))  # USER 1034: accepted
+
+
+INNER_CONFTEST = """
+from tests.leakcheck import LeakCheck, mark_session
+
+CHECK = LeakCheck(marker=mark_session(), grace=1.0)
+
+
+def pytest_configure(config):
+    config.pluginmanager.register(CHECK, "leak-check")
+"""
+INNER_TEST = """
+import os
+
+from modelrail.images import podman
+
+
+def test_starts_a_container_and_{verb}_it():
+    podman.podman("run", "--detach", "--name", os.environ["INNER_NAME"], "--network", "none",
+                  *podman.label_args(), *podman.ULIMITS, os.environ["INNER_IMAGE"],
+                  "sleep", "60")
+    {end}
+"""
+
+
+@pytest.mark.parametrize("leaky", [True, False], ids=["leaky", "clean"])
+def test_the_leak_check_fails_a_session_that_leaves_a_container(
+        images: dict[str, BuiltImage], tmp_path: Any, leaky: bool) -> None:
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[2]
+    name = f"mr-test-leak-{'leaky' if leaky else 'clean'}"
+    (tmp_path / "conftest.py").write_text(INNER_CONFTEST)
+    (tmp_path / "test_inner.py").write_text(INNER_TEST.format(
+        verb="forgets" if leaky else "removes",
+        end="" if leaky else "podman.remove_container(os.environ['INNER_NAME'])"))
+    base = images["inference"].labels["org.opencontainers.image.base.name"]
+    try:
+        run = subprocess.run(
+            [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", str(tmp_path)],
+            cwd=tmp_path, capture_output=True, text=True, timeout=180, check=False,
+            env={**os.environ, "PYTHONPATH": str(root), "INNER_NAME": name,
+                 "INNER_IMAGE": base})
+        out = run.stdout + run.stderr
+        if leaky:
+            assert "1 passed" in out and run.returncode == 1, out
+            assert f"container not removed (removed now): {name}" in out, out
+        else:
+            assert run.returncode == 0 and "leak check" not in out, out
+        assert podman.inspect_container(name) is None  # removed either way
+    finally:
+        podman.remove_container(name)

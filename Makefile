@@ -12,12 +12,12 @@ export BENTOML_HOME ?= $(CURDIR)/.modelrail/bentoml
 export ORT_DISABLE_TELEMETRY := 1
 export BENTOML_DO_NOT_TRACK := true
 
-.PHONY: demo test test-quick lint install clean
+.PHONY: demo test test-quick lint install install-cluster clean
 
 demo: install
 	$(BIN)/modelrail demo
 
-test: install lint
+test: install install-cluster lint
 	$(BIN)/pytest
 
 # The fast subset: everything but the end-to-end tests that start real servers.
@@ -31,6 +31,15 @@ lint: install
 
 install:
 	@./scripts/bootstrap.sh
+
+# The one-node cluster's upstream programs (etcd, Kubernetes, CoreDNS, CNI plugins, the
+# Gateway API CRDs) and the Pulumi CLI with its Kubernetes provider, built from their Go
+# modules once per machine into ~/.cache/modelrail/upstream (cold: ~30 min on 2 cores;
+# cached: under a second). `make demo` does not need them.
+CLUSTER_COMPONENTS := etcd kube-apiserver kube-controller-manager kube-scheduler kubelet \
+	kube-proxy kubectl coredns cni-plugins gateway-api-crds pulumi pulumi-resource-kubernetes
+install-cluster:
+	@./scripts/upstream/build.sh $(CLUSTER_COMPONENTS)
 
 clean:
 	rm -rf $(VENV) .modelrail .mypy_cache .pytest_cache .ruff_cache

@@ -9,12 +9,19 @@ PYTHON="${PYTHON:-python3.11}"
 UV_VERSION="0.13.8"
 VENV=".venv"
 
-# Container tooling from Debian's packages (the images and their tests): podman, with runc
-# as its runtime, and debootstrap for the base image. Installed only when missing (bookworm
-# ships podman 4.3 and runc 1.1); installing needs root, as CI and these machines run.
+# Container tooling from Debian's packages: podman, with runc as its runtime, and debootstrap
+# for the images; containerd (CRI), iptables and iproute2 for the one-node cluster. Installed
+# only when missing (bookworm: podman 4.3, runc 1.1, containerd 1.6); installing needs root,
+# as CI and these machines run.
 missing=()
-for tool in podman runc debootstrap; do
-  command -v "$tool" >/dev/null 2>&1 || missing+=("$tool")
+for tool in podman runc debootstrap containerd iptables ip nsenter openssl; do
+  if ! command -v "$tool" >/dev/null 2>&1; then
+    case "$tool" in
+      ip) missing+=(iproute2) ;;
+      nsenter) missing+=(util-linux) ;;
+      *) missing+=("$tool") ;;
+    esac
+  fi
 done
 if [ "${#missing[@]}" -gt 0 ]; then
   if [ "$(id -u)" -ne 0 ] || ! command -v apt-get >/dev/null 2>&1; then

@@ -1,8 +1,9 @@
 """Test-wide setup: offline switches and a private BentoML home, set before any import of
 bentoml or onnxruntime, so tests never touch the developer's ~/bentoml or the network; and
 a leak check (tests/leakcheck.py): every process the session starts carries its marker, and
-the session fails if one of them, or a server's private BentoML home, outlives it. The
-session's BentoML home is removed at its end."""
+the session fails if one of them, or a server's private BentoML home, a container or a
+temporary folder, outlives it. The session works in a temporary folder of its own (TMPDIR),
+removed at its end with its BentoML home."""
 
 from __future__ import annotations
 
@@ -12,7 +13,11 @@ from pathlib import Path
 
 os.environ["ORT_DISABLE_TELEMETRY"] = "1"
 os.environ["BENTOML_DO_NOT_TRACK"] = "true"
-os.environ["BENTOML_HOME"] = tempfile.mkdtemp(prefix="modelrail-test-bentoml-")
+# a temporary folder of the session's own, for it and every process it starts: two sessions
+# on one machine never take each other's folders for leftovers
+os.environ["TMPDIR"] = SESSION_TMP = tempfile.mkdtemp(prefix="modelrail-test-session-")
+os.environ["BENTOML_HOME"] = tempfile.mkdtemp(prefix="modelrail-test-bentoml-",
+                                              dir=SESSION_TMP)
 os.environ.pop("MODELRAIL_REGISTRY", None)
 
 
@@ -26,9 +31,11 @@ import pytest
 
 from tests.leakcheck import LeakCheck, mark_session
 
+tempfile.tempdir = SESSION_TMP  # gettempdir() read /tmp before TMPDIR changed
+
 # marks this process's environment now: every process a test starts inherits the marker
 LEAK_CHECK = LeakCheck(marker=mark_session(), stores=[Path(os.environ["BENTOML_HOME"])],
-                       remove=[Path(os.environ["BENTOML_HOME"])])
+                       remove=[Path(os.environ["BENTOML_HOME"]), Path(SESSION_TMP)])
 EXAMPLES_SPEC = Path(__file__).resolve().parents[1] / "models" / "examples.yaml"
 
 

@@ -18,10 +18,10 @@ import sys
 from collections.abc import Sequence
 
 from modelrail import __version__
-from modelrail.cli import bento, demo, image, infra, model, rollout, serve
+from modelrail.cli import bento, cluster, demo, image, infra, model, pulumi, rollout, serve
 from modelrail.errors import ModelrailError
 
-GROUPS = (model, serve, bento, image, infra, rollout, demo)
+GROUPS = (model, serve, bento, image, cluster, infra, pulumi, rollout, demo)
 
 
 def build_parser() -> argparse.ArgumentParser:

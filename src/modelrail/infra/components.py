@@ -135,7 +135,14 @@ class ModelDeployment(pulumi.ComponentResource):
         super().__init__("modelrail:infra:ModelDeployment", name, None, opts)
         objs = manifests.model_serving(args.config, args.model)
         deps: list[pulumi.Resource] = [args.environment.namespace, args.controller.crd]
-        self.resources = _children(self, objs, depends_on=deps)
+        rollouts = [o for o in objs if o["kind"] == "ModelRollout"]
+        self.resources = _children(self, [o for o in objs if o["kind"] != "ModelRollout"],
+                                   depends_on=deps)
+        # the operator puts a finalizer on its ModelRollout: it must be running when the
+        # resource is created and still running when `pulumi destroy` deletes it (else
+        # the deletion, and the namespace's, waits forever)
+        self.resources |= _children(self, rollouts, depends_on=[
+            *deps, args.controller.deployment, *args.controller.access.values()])
         cfg, model = args.config, args.model
         self.register_outputs({
             "model": model.ref,

@@ -1,0 +1,102 @@
+"""`modelrail cluster up|status|down`: a real one-node Kubernetes cluster on this machine.
+
+    modelrail cluster up [--image REF …]   etcd, API server, controller manager, scheduler,
+                                          containerd + kubelet, kube-proxy, CoreDNS, inside
+                                          the network namespace `modelrail-cluster`
+    modelrail cluster status [-o json]     exit 0 when everything runs and the node is Ready
+    modelrail cluster down [--purge]       nothing of it left on the machine
+
+Binaries come from scripts/upstream/build.sh (the bootstrap runs it); state lives in
+--state-dir (default: $MODELRAIL_CLUSTER_DIR or ./.modelrail/cluster).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+from pathlib import Path
+from typing import Any
+
+from modelrail.cli.output import add_output_flag, print_json, table
+from modelrail.exit_codes import ExitCode
+
+
+def _state_dir(args: argparse.Namespace) -> Path:
+    if args.state_dir is not None:
+        return Path(args.state_dir)
+    return Path(os.environ.get("MODELRAIL_CLUSTER_DIR", ".modelrail/cluster"))
+
+
+def add_parser(sub: Any) -> None:
+    p = sub.add_parser("cluster", help="a real one-node Kubernetes cluster on this machine")
+    csub = p.add_subparsers(dest="cluster_command", required=True, metavar="ACTION")
+    up = csub.add_parser("up", help="start the cluster (or report the running one)")
+    up.add_argument("--image", action="append", default=[],
+                    help="a podman image the node should have (imported into containerd; "
+                         "no registry is needed); repeatable")
+    up.add_argument("--timeout", type=float, default=180.0)
+    st = csub.add_parser("status", help="what runs; exit 0 only if the node is Ready")
+    down = csub.add_parser("down", help="stop everything and leave nothing behind")
+    down.add_argument("--purge", action="store_true",
+                      help="also delete certificates, etcd's data and containerd's images")
+    for q in (up, st, down):
+        q.add_argument("--state-dir", default=None,
+                       help="the cluster's folder (default: $MODELRAIL_CLUSTER_DIR or "
+                            "./.modelrail/cluster)")
+        add_output_flag(q)
+    up.set_defaults(handler=_up)
+    st.set_defaults(handler=_status)
+    down.set_defaults(handler=_down)
+
+
+def _print_status(result: Any, output: str) -> int:
+    if output == "json":
+        print_json(result.to_dict())
+    else:
+        state = "running" if result.running else "not running"
+        print(f"cluster: {state}  (state {result.state_dir})")
+        if result.kubeconfig:
+            print(f"  API server  {result.server}")
+            print(f"  kubeconfig  {result.kubeconfig}   (export KUBECONFIG=…)")
+        gateway = getattr(result, "gateway", None)
+        if gateway:
+            print(f"  gateway     http {gateway['http']}  grpc (h2c) {gateway['grpc']}  "
+                  "(send the route's hostname as Host / :authority)")
+        rows = [[name, "running" if ok else "stopped"]
+                for name, ok in sorted(result.components.items())]
+        if rows:
+            print(table(["COMPONENT", "STATE"], rows))
+        if result.timings:
+            print("  started in " + ", ".join(f"{k} {v:.1f}s"
+                                               for k, v in result.timings.items()))
+        for problem in result.problems:
+            print(f"  problem: {problem}")
+    return 0 if result.running else ExitCode.ENV_NOT_UP
+
+
+def _up(args: argparse.Namespace) -> int:
+    from modelrail.cluster import up
+
+    return _print_status(up(_state_dir(args), images_to_import=list(args.image),
+                            timeout=args.timeout), args.output)
+
+
+def _status(args: argparse.Namespace) -> int:
+    from modelrail.cluster import status
+
+    return _print_status(status(_state_dir(args)), args.output)
+
+
+def _down(args: argparse.Namespace) -> int:
+    from modelrail.cluster import down, leftovers
+
+    report = down(_state_dir(args), purge=args.purge)
+    left = leftovers(_state_dir(args))
+    if args.output == "json":
+        print_json({**report.to_dict(), "leftovers": left})
+    else:
+        print(f"cluster down in {report.seconds:.1f}s: stopped {len(report.stopped)}, "
+              f"unmounted {report.unmounted}")
+        for item in [*report.problems, *left]:
+            print(f"  left: {item}")
+    return 0 if not left and not report.problems else ExitCode.FAILURE

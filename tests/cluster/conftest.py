@@ -1,6 +1,6 @@
 """One real cluster for the whole session (it takes ~25 s to start): `cluster` brings it
-up on first use and down at the end. The test that stops it itself and checks that
-nothing is left (marked `cluster_down`) runs after every other test of the session."""
+up on first use. The test that stops it itself and checks that nothing is left (marked
+`cluster_down`) runs right after the last test that uses it."""
 
 from __future__ import annotations
 
@@ -21,9 +21,15 @@ def pytest_configure(config: pytest.Config) -> None:
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """The test that stops the cluster runs right after the last test that uses it: the
+    rest of the session does not share the machine with a running control plane."""
     last = [item for item in items if item.get_closest_marker("cluster_down")]
-    if last:
-        items[:] = [item for item in items if item not in last] + last
+    if not last:
+        return
+    rest = [item for item in items if item not in last]
+    users = [i for i, item in enumerate(rest) if "cluster" in getattr(item, "fixturenames", ())]
+    at = users[-1] + 1 if users else len(rest)
+    items[:] = rest[:at] + last + rest[at:]
 
 
 def base_image() -> str:

@@ -177,6 +177,14 @@ def main() -> int:
             ]
         runs.append(scenario("never-ready", rows, replace(pre, progress_deadline_seconds=15),
                              {"iris:2": {"never_ready": True}}, image))
+    if args.runtime != "both" and (WORK / "rollout.json").is_file():
+        # keep the other runtime's rows of the last run (rows from before the column
+        # existed were processes)
+        earlier = json.loads((WORK / "rollout.json").read_text())
+        runs = [r for r in earlier if r.get("runtime", "process") != args.runtime
+                ] + runs
+        for r in runs:
+            r.setdefault("runtime", "process")
     (WORK / "rollout.json").write_text(json.dumps(runs, indent=2))
     lines = ["## Rollouts (`benchmarks/rollout.py`)", "",
              "Local platform, iris:1 → candidate, steps 10/50/100 %, 4 s per step, "

@@ -31,6 +31,7 @@ os.environ.setdefault("ORT_DISABLE_TELEMETRY", "1")
 os.environ.setdefault("BENTOML_DO_NOT_TRACK", "true")
 
 from benchmarks.loadgen import http_request, run_grpc, run_http  # noqa: E402
+from benchmarks.sections import write_section  # noqa: E402
 from modelrail.images import podman  # noqa: E402
 from modelrail.images.base import ensure_base  # noqa: E402
 from modelrail.images.build import build_image, build_inference  # noqa: E402
@@ -213,17 +214,7 @@ def write_report(r: dict[str, Any]) -> None:
         for conc in (1, 8):
             pv, cv = t[f"process {proto} c={conc}"], t[f"container {proto} c={conc}"]
             lines.append(f"| {proto.upper()} c={conc} | {pv:.0f} | {cv:.0f} | {cv / pv:.2f}× |")
-    section = "\n".join(lines) + "\n"
-    path = ROOT / "BENCHMARKS.md"
-    text = path.read_text()
-    start, end = "<!-- images:start -->", "<!-- images:end -->"
-    block = f"{start}\n{section}{end}"
-    if start in text:
-        text = text.split(start)[0] + block + text.split(end, 1)[1]
-    else:
-        text = text.rstrip() + "\n\n" + block + "\n"
-    path.write_text(text)
-    print(section)
+    write_section("images", "\n".join(lines) + "\n")
 
 
 if __name__ == "__main__":

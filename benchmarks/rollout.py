@@ -35,6 +35,7 @@ os.environ.setdefault("MODELRAIL_REGISTRY", str(WORK / "registry"))
 
 import numpy as np  # noqa: E402
 
+from benchmarks.sections import write_section  # noqa: E402
 from modelrail.models.registry import Registry  # noqa: E402
 from modelrail.rollout.core.spec import RolloutSpec, Thresholds  # noqa: E402
 from modelrail.rollout.load.client import ClientTraffic  # noqa: E402
@@ -206,17 +207,7 @@ def main() -> int:
                      f"{'–' if se is None else f'{se:.1f} s'} | {first} | {r['requests']} | "
                      f"{r['failed']} | {'–' if br is None else f'{br:.3%}'} | "
                      f"{'–' if wp is None else f'{wp:.2f} s'} |")
-    section = "\n".join(lines) + "\n"
-    path = ROOT / "BENCHMARKS.md"
-    text = path.read_text()
-    start, end = "<!-- rollout:start -->", "<!-- rollout:end -->"
-    block = f"{start}\n{section}{end}"
-    if start in text:
-        text = text.split(start)[0] + block + text.split(end, 1)[1]
-    else:
-        text = text.rstrip() + "\n\n" + block + "\n"
-    path.write_text(text)
-    print(section)
+    write_section("rollout", "\n".join(lines) + "\n")
     return 0
 
 

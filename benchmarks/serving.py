@@ -37,6 +37,7 @@ os.environ["ORT_DISABLE_TELEMETRY"] = "1"
 import numpy as np  # noqa: E402
 
 from benchmarks.loadgen import Result, http_request, run_grpc, run_http  # noqa: E402
+from benchmarks.sections import write_section  # noqa: E402
 from modelrail.processes import free_port, stop, wait_ready  # noqa: E402
 from modelrail.serving._proto import oip_v2_pb2 as pb  # noqa: E402
 
@@ -359,18 +360,7 @@ def write_report(results: dict[str, Any]) -> None:
     ort = T["onnxruntime in-process"][1]
     lines.append(f"- onnxruntime in-process floor: {ort['p50_ms'] * 1000:.1f} µs per call "
                  f"(p50), {ort['rps']:.0f} calls/s on one thread")
-    section = "\n".join(lines) + "\n"
-    path = ROOT / "BENCHMARKS.md"
-    text = path.read_text() if path.exists() else "# Benchmarks\n\n"
-    start_marker, end_marker = "<!-- serving:start -->", "<!-- serving:end -->"
-    block = f"{start_marker}\n{section}{end_marker}"
-    if start_marker in text:
-        before, rest = text.split(start_marker, 1)
-        text = before + block + rest.split(end_marker, 1)[1]
-    else:
-        text = text.rstrip() + "\n\n" + block + "\n"
-    path.write_text(text)
-    print(section)
+    write_section("serving", "\n".join(lines) + "\n")
 
 
 if __name__ == "__main__":

@@ -40,8 +40,9 @@ class Target:
     backend: Path  # the file backend's folder
 
     def env(self) -> dict[str, str]:
-        upstream = Path(os.environ.get("MODELRAIL_CACHE") or Path.home() / ".cache" /
-                        "modelrail").expanduser() / "upstream" / "bin"
+        from modelrail.cluster.config import upstream_bin
+
+        upstream = upstream_bin()  # the pulumi CLI and provider scripts/upstream built
         self.backend.mkdir(parents=True, exist_ok=True)
         return {
             "PULUMI_BACKEND_URL": f"file://{self.backend.resolve()}",

@@ -1,5 +1,6 @@
 """One real cluster for the whole session (it takes ~25 s to start): `cluster` brings it
-up on first use. The test that stops it itself and checks that nothing is left (marked
+up on first use, with NODES nodes. The test that stops it itself and checks that nothing
+is left (marked
 `cluster_down`) runs right after the last test that uses it."""
 
 from __future__ import annotations
@@ -13,6 +14,10 @@ import pytest
 
 from modelrail.cluster import config as c
 from modelrail.cluster import netns, node
+
+# every node reports this machine's 2 CPUs: the prod stack's stable Deployments ask for
+# 2 models × 3 replicas × 1 CPU, beside the controller, CoreDNS and Traefik: 4 nodes
+NODES = 4
 
 
 def pytest_configure(config: pytest.Config) -> None:
@@ -60,9 +65,9 @@ def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Path, An
     if netns.exists():
         pytest.skip(f"{c.NETNS} exists: another cluster runs on this machine "
                     f"({netns.owner()})")
-    state_dir = tmp_path_factory.mktemp("cluster")
+    state_dir = tmp_path_factory.mktemp("c")  # short: sockets live under it
     try:
-        result = node.up(state_dir, images_to_import=[image])
+        result = node.up(state_dir, nodes=NODES, images_to_import=[image])
         yield state_dir, result, image
     finally:
         if netns.owner() == str(state_dir.resolve()) or state_dir.exists():

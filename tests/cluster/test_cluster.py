@@ -1,8 +1,9 @@
-"""The one-node cluster, for real: `up` in a fresh state folder, the node Ready, a pod of
-the modelrail base image running under the `restricted` Pod Security level with an
-address in the pod range, reached through its ClusterIP Service and its DNS name from the
-host, a privileged pod refused by admission; then `down`, and nothing of it is left on
-the machine (process, mount, cgroup, namespace, veth, route, shim socket).
+"""The cluster, for real: `up` in a fresh state folder with NODES nodes, each Ready with
+its own address, pod range and this machine's CPUs; a pod of the modelrail base image
+running under the `restricted` Pod Security level with an address in its node's range,
+reached through its ClusterIP Service and its DNS name from the host, a privileged pod
+refused by admission; then `down`, and nothing of it is left on the machine (process,
+mount, cgroup, namespace, veth, route, shim socket).
 
 Needs root, the upstream binaries (scripts/upstream/build.sh) and the base image in
 podman's store; skipped otherwise. The fast tests check the generated configuration. The
@@ -13,6 +14,7 @@ from __future__ import annotations
 
 import ipaddress
 import json
+import os
 import time
 from pathlib import Path
 from typing import Any
@@ -24,6 +26,7 @@ from modelrail.cluster import components, dns, netns, node, pki
 from modelrail.cluster import config as c
 from modelrail.cluster.api import Api
 from modelrail.cluster.supervise import Record, alive
+from tests.cluster.conftest import NODES
 
 # --- fast: the configuration the components get -------------------------------------------
 
@@ -46,6 +49,52 @@ def test_containerd_config_keeps_everything_under_the_state_folder(tmp_path: Pat
     for path in (lay.containerd_root, lay.containerd_state, lay.containerd_socket,
                  lay.runc_root, lay.cni_conf_dir):
         assert str(path) in toml
+
+
+def test_each_node_has_its_own_runtime_address_range_cgroup_and_identity(
+        tmp_path: Path) -> None:
+    lay = c.Layout(tmp_path)
+    keys = pki.Pki(lay.pki)
+    first, second = components.kubelet_config(lay, keys, 0), \
+        components.kubelet_config(lay, keys, 1)
+    assert first["containerRuntimeEndpoint"] != second["containerRuntimeEndpoint"]
+    assert (first["address"], second["address"]) == (c.node_ip(0), c.node_ip(1))
+    assert (first["cgroupRoot"], second["cgroupRoot"]) == ("/modelrail-cluster/node0",
+                                                            "/modelrail-cluster/node1")
+    assert second["tlsCertFile"].endswith("kubelet-server-1.crt")
+    nets = [components.cni_conflist(lay, i)["plugins"][0] for i in (0, 1)]
+    assert [n["bridge"] for n in nets] == ["cni0", "cni1"]
+    assert [n["ipam"]["ranges"][0][0]["subnet"] for n in nets] == [c.pod_cidr(0),
+                                                                    c.pod_cidr(1)]
+    assert nets[0]["ipam"]["dataDir"] != nets[1]["ipam"]["dataDir"]
+    toml = components.containerd_toml(lay, runc="/usr/sbin/runc", cni_bin=Path("/cni"),
+                                       index=1)
+    node1 = lay.node(1)
+    for path in (node1.containerd_root, node1.runc_root, node1.cni_conf_dir):
+        assert str(path) in toml and str(tmp_path / "node1") in str(path)
+    assert str(node1.containerd_socket) in toml
+    assert node1.containerd_socket.parent == tmp_path
+    argv = components.argv_of("kubelet-1", lay, keys) if (
+        c.upstream_bin() / "kubelet").is_file() else []
+    if argv:
+        assert f"--hostname-override={c.node_name(1)}" in argv
+    assert components.components_of(2)[-2:] == ("containerd-1", "kubelet-1")
+    assert components.split_name("kubelet-3") == ("kubelet", 3)
+    assert components.split_name("kube-proxy") == ("kube-proxy", 0)
+    names = {leaf.name: leaf.cn for leaf in pki.leaves(3)}
+    assert names["kubelet-2"] == "system:node:modelrail-node-2"
+    assert c.node_ip(2) in next(leaf for leaf in pki.leaves(3)
+                                if leaf.name == "kubelet-server-2").ips
+
+
+@pytest.mark.parametrize("bad", ["0", "9", "two", "-1"])
+def test_a_bad_node_count_is_refused(bad: str, capsys: pytest.CaptureFixture[str]) -> None:
+    from modelrail.cli import main
+
+    with pytest.raises(SystemExit) as exit_:
+        main(["cluster", "up", "--nodes", bad, "--state-dir", "/nonexistent"])
+    assert exit_.value.code == 2
+    assert "whole number from 1 to 8" in capsys.readouterr().err
 
 
 def test_apiserver_flags(tmp_path: Path) -> None:
@@ -110,12 +159,19 @@ def test_cluster_up_runs_restricted_pods_and_down_leaves_nothing(
     keys = pki.Pki(lay.pki)
     records = [Record.from_dict(r) for r in
                json.loads(lay.state_file.read_text())["components"].values()]
-    assert {r.name for r in records} == set(components.COMPONENTS)
+    assert {r.name for r in records} == set(components.components_of(NODES))
+    assert result.nodes == NODES and all(result.nodes_ready.values()), result.nodes_ready
 
     with Api(keys) as api:
-        node_obj = api.get(f"/api/v1/nodes/{c.NODE_NAME}")
-        assert node_obj is not None
-        assert node_obj["spec"]["podCIDR"] == c.POD_CIDR
+        cidrs = {}
+        for i in range(NODES):  # each node: its own address, /24 and this machine's CPUs
+            node_obj = api.get(f"/api/v1/nodes/{c.node_name(i)}")
+            assert node_obj is not None
+            assert node_obj["spec"]["podCIDR"] == c.pod_cidr(i)
+            assert {"type": "InternalIP", "address": c.node_ip(i)} in \
+                node_obj["status"]["addresses"]
+            assert node_obj["status"]["allocatable"]["cpu"] == str(os.cpu_count())
+            cidrs[c.node_name(i)] = node_obj["spec"]["podCIDR"]
         api.create("/api/v1/namespaces", {
             "apiVersion": "v1", "kind": "Namespace", "metadata": {
                 "name": "restricted",
@@ -136,7 +192,7 @@ def test_cluster_up_runs_restricted_pods_and_down_leaves_nothing(
                     p.get("status", {}).get("phase") == "Running" and p,
                     timeout=120, what="the restricted pod to run")
         pod_ip = ipaddress.ip_address(pod["status"]["podIP"])
-        assert pod_ip in ipaddress.ip_network(c.POD_CIDR)
+        assert pod_ip in ipaddress.ip_network(cidrs[pod["spec"]["nodeName"]])
         status = pod["status"]["containerStatuses"][0]
         assert status["ready"] or status["state"].get("running")
 

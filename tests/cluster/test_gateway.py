@@ -193,7 +193,10 @@ def test_each_listener_has_an_entry_point_and_a_service_port() -> None:
         assert lst["allowedRoutes"]["namespaces"] == {"from": "All"}
     ports = {p["name"]: (p["port"], p["targetPort"])
              for p in objs["Service"]["spec"]["ports"]}
-    assert ports == {"http": (80, "web"), "grpc": (8001, "grpc")}
+    # every listener's port answers at the Service (the Gateway's address), and 80 too
+    assert ports == {"http": (80, "web"), "web": (8000, "web"), "grpc": (8001, "grpc")}
+    for lst in listeners:
+        assert (lst["port"], lst["name"]) in ports.values()
     assert objs["Service"]["spec"]["clusterIP"] == c.GATEWAY_SERVICE_IP
     assert objs["GatewayClass"]["spec"]["controllerName"] == "traefik.io/gateway-controller"
 

@@ -25,11 +25,27 @@ class Declared:
     urn: str = ""
 
 
+# what the program reads of the Gateway the stack names (program.LiveGateway): the
+# listeners and address of the local cluster's (cluster/gateway.py)
+GATEWAY_STATE = {
+    "spec": {"gatewayClassName": "traefik", "listeners": [
+        {"name": "web", "port": 8000, "protocol": "HTTP",
+         "allowedRoutes": {"kinds": [{"kind": "HTTPRoute"}]}},
+        {"name": "grpc", "port": 8001, "protocol": "HTTP",
+         "allowedRoutes": {"kinds": [{"kind": "GRPCRoute"}]}}]},
+    "status": {"addresses": [{"type": "IPAddress", "value": "10.96.0.80"}]},
+}
+
+
 @dataclass
 class Recorder(pulumi.runtime.Mocks):
     resources: list[Declared] = field(default_factory=list)
+    reads: list[Declared] = field(default_factory=list)  # existing objects read, not owned
 
     def new_resource(self, args: pulumi.runtime.MockResourceArgs) -> tuple[str, dict[str, Any]]:
+        if args.resource_id:  # a read (`get`) of an object the stack does not own
+            self.reads.append(Declared(args.typ, args.name, dict(args.inputs)))
+            return args.resource_id, GATEWAY_STATE if args.typ.endswith(":Gateway") else {}
         self.resources.append(Declared(args.typ, args.name, dict(args.inputs)))
         return f"{args.name}-id", dict(args.inputs)
 

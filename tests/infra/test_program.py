@@ -133,3 +133,32 @@ def test_controller_install_owns_its_account_and_rbac() -> None:
                      ("Role", "modelrail-controller"), ("RoleBinding", "modelrail-controller"),
                      ("Deployment", "modelrail-controller")]
     assert urns  # the program ran
+
+
+def test_the_gateway_is_read_not_owned() -> None:
+    recorder, _ = run_program("dev", stack_values("dev"))
+    assert [(r.typ, r.name) for r in recorder.reads] == [
+        ("kubernetes:gateway.networking.k8s.io/v1:Gateway", "gateway")]
+    assert not any(r.typ.endswith(":Gateway") for r in recorder.resources)
+
+
+def test_outputs_point_at_the_gateways_listeners() -> None:
+    from modelrail.infra.program import gateway_output, model_outputs
+    from tests.infra.harness import GATEWAY_STATE
+
+    cfg = load_stack("dev", ROOT)
+    spec, status = GATEWAY_STATE["spec"], GATEWAY_STATE["status"]
+    iris = model_outputs(cfg, spec)["iris"]
+    assert iris["http"] == "http://iris.models.dev.example.com:8000/v2/models/iris"
+    assert iris["grpc"] == "iris.models.dev.example.com:8001" and not iris["grpc_tls"]
+    # the engine hands numbers back as floats
+    as_engine = {"listeners": [{**lis, "port": float(lis["port"])} for lis in spec["listeners"]]}
+    assert model_outputs(cfg, as_engine)["iris"] == model_outputs(cfg, spec)["iris"]
+    assert gateway_output(cfg, as_engine, status) == {
+        "name": "modelrail-gateway", "namespace": "gateway-system",
+        "addresses": ["10.96.0.80"], "http": "10.96.0.80:8000", "grpc": "10.96.0.80:8001"}
+    # a TLS gateway on the default port: https URLs without a port, gRPC on 443 with TLS
+    tls = {"listeners": [{"name": "https", "port": 443, "protocol": "HTTPS"}]}
+    iris = model_outputs(cfg, tls)["iris"]
+    assert iris["http"] == "https://iris.models.dev.example.com/v2/models/iris"
+    assert iris["grpc"] == "iris.models.dev.example.com:443" and iris["grpc_tls"]

@@ -1,8 +1,10 @@
-"""`modelrail cluster up|status|down`: a real one-node Kubernetes cluster on this machine.
+"""`modelrail cluster up|status|down`: a real Kubernetes cluster on this machine.
 
-    modelrail cluster up [--image REF …]   etcd, API server, controller manager, scheduler,
-                                          containerd + kubelet, kube-proxy, CoreDNS, inside
-                                          the network namespace `modelrail-cluster`
+    modelrail cluster up [--nodes N] [--image REF …]
+                                          etcd, API server, controller manager, scheduler,
+                                          N × (containerd + kubelet), kube-proxy, CoreDNS,
+                                          Traefik as the Gateway, inside the network
+                                          namespace `modelrail-cluster`
     modelrail cluster status [-o json]     exit 0 when everything runs and the node is Ready
     modelrail cluster down [--purge]       nothing of it left on the machine
 
@@ -28,12 +30,17 @@ def _state_dir(args: argparse.Namespace) -> Path:
 
 
 def add_parser(sub: Any) -> None:
-    p = sub.add_parser("cluster", help="a real one-node Kubernetes cluster on this machine")
+    p = sub.add_parser("cluster", help="a real Kubernetes cluster on this machine")
     csub = p.add_subparsers(dest="cluster_command", required=True, metavar="ACTION")
     up = csub.add_parser("up", help="start the cluster (or report the running one)")
     up.add_argument("--image", action="append", default=[],
                     help="a podman image the node should have (imported into containerd; "
                          "no registry is needed); repeatable")
+    up.add_argument("--nodes", type=_nodes, default=None, metavar="N",
+                    help="how many nodes (kubelet + containerd each; default 1, or as "
+                         "many as the running cluster has): each "
+                         "reports this machine's CPUs, so N nodes schedule N times its "
+                         "CPUs in requests (the prod stack asks for 6 CPUs: --nodes 4)")
     up.add_argument("--timeout", type=float, default=180.0)
     st = csub.add_parser("status", help="what runs; exit 0 only if the node is Ready")
     down = csub.add_parser("down", help="stop everything and leave nothing behind")
@@ -49,6 +56,15 @@ def add_parser(sub: Any) -> None:
     down.set_defaults(handler=_down)
 
 
+def _nodes(text: str) -> int:
+    from modelrail.cluster.config import MAX_NODES
+
+    if not text.isdigit() or not 1 <= int(text) <= MAX_NODES:
+        raise argparse.ArgumentTypeError(
+            f"must be a whole number from 1 to {MAX_NODES}, got {text!r}")
+    return int(text)
+
+
 def _print_status(result: Any, output: str) -> int:
     if output == "json":
         print_json(result.to_dict())
@@ -58,6 +74,9 @@ def _print_status(result: Any, output: str) -> int:
         if result.kubeconfig:
             print(f"  API server  {result.server}")
             print(f"  kubeconfig  {result.kubeconfig}   (export KUBECONFIG=…)")
+        if result.nodes_ready:
+            print("  nodes       " + ", ".join(f"{n} {'Ready' if ok else 'NOT Ready'}"
+                                                for n, ok in result.nodes_ready.items()))
         gateway = getattr(result, "gateway", None)
         if gateway:
             print(f"  gateway     http {gateway['http']}  grpc (h2c) {gateway['grpc']}  "
@@ -77,8 +96,9 @@ def _print_status(result: Any, output: str) -> int:
 def _up(args: argparse.Namespace) -> int:
     from modelrail.cluster import up
 
-    return _print_status(up(_state_dir(args), images_to_import=list(args.image),
-                            timeout=args.timeout), args.output)
+    return _print_status(up(_state_dir(args), nodes=args.nodes,
+                            images_to_import=list(args.image), timeout=args.timeout),
+                         args.output)
 
 
 def _status(args: argparse.Namespace) -> int:

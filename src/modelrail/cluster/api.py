@@ -138,10 +138,10 @@ def condition(obj: dict[str, Any] | None, kind: str) -> str | None:
     return None
 
 
-def node_ready(api: Api, *, since: float | None = None) -> bool:
-    """The node is Ready (and, with `since`, its kubelet said so at or after that time:
-    after a restart the old Ready condition stays in etcd until it times out)."""
-    node = api.get(f"/api/v1/nodes/{c.NODE_NAME}")
+def node_ready(api: Api, *, since: float | None = None, name: str = c.NODE_NAME) -> bool:
+    """The node `name` is Ready (and, with `since`, its kubelet said so at or after that
+    time: after a restart the old Ready condition stays in etcd until it times out)."""
+    node = api.get(f"/api/v1/nodes/{name}")
     for cond in (node or {}).get("status", {}).get("conditions", []) or []:
         if cond.get("type") == "Ready":
             if cond.get("status") != "True":

@@ -25,7 +25,23 @@ from modelrail.cluster.pki import Pki
 
 CONTROL_PLANE = ("etcd", "kube-apiserver", "kube-controller-manager", "kube-scheduler")
 NODE = ("containerd", "kubelet", "kube-proxy")
-COMPONENTS = (*CONTROL_PLANE, *NODE)
+COMPONENTS = (*CONTROL_PLANE, *NODE)  # a one-node cluster's
+PER_NODE = ("containerd", "kubelet")  # every extra node i runs containerd-i and kubelet-i
+
+
+def components_of(nodes: int) -> tuple[str, ...]:
+    """Every component of an N-node cluster, by name."""
+    extra = tuple(c.NodeLayout(Path("/"), i).component(kind)
+                  for i in range(1, nodes) for kind in PER_NODE)
+    return (*COMPONENTS, *extra)
+
+
+def split_name(name: str) -> tuple[str, int]:
+    """`kubelet-2` → ("kubelet", 2); `kube-proxy` → ("kube-proxy", 0)."""
+    kind, _, index = name.rpartition("-")
+    if kind in PER_NODE and index.isdigit():
+        return kind, int(index)
+    return name, 0
 
 
 def binary(name: str) -> str:
@@ -117,8 +133,10 @@ def kube_controller_manager(lay: c.Layout, pki: Pki) -> list[str]:
         f"--cluster-signing-cert-file={pki.ca}", f"--cluster-signing-key-file={pki.key('ca')}",
         f"--root-ca-file={pki.ca}", f"--service-account-private-key-file={pki.sa_key}",
         "--use-service-account-credentials=true", "--controllers=*",
-        "--allocate-node-cidrs=true", f"--cluster-cidr={c.CLUSTER_CIDR}",
-        "--node-cidr-mask-size=24", f"--service-cluster-ip-range={c.SERVICE_CIDR}",
+        # each node's /24 is fixed by its CNI configuration (config.pod_cidr) and set on
+        # its Node by `up`: the allocator would hand them out in registration order
+        "--allocate-node-cidrs=false", f"--cluster-cidr={c.CLUSTER_CIDR}",
+        f"--service-cluster-ip-range={c.SERVICE_CIDR}",
         # else it creates /usr/libexec/kubernetes/kubelet-plugins/volume/exec on the host
         f"--flex-volume-plugin-dir={lay.kubelet_root / 'volume-plugins'}",
     ]
@@ -130,15 +148,15 @@ def kube_scheduler(lay: c.Layout, pki: Pki) -> list[str]:
             f"--requestheader-client-ca-file={pki.crt('front-proxy-ca')}"]
 
 
-def containerd(lay: c.Layout) -> list[str]:
-    return [binary("containerd"), f"--config={lay.config / 'containerd.toml'}"]
+def containerd(node: c.NodeLayout) -> list[str]:
+    return [binary("containerd"), f"--config={node.containerd_config}"]
 
 
-def kubelet(lay: c.Layout) -> list[str]:
-    return [binary("kubelet"), f"--config={lay.config / 'kubelet.yaml'}",
-            f"--kubeconfig={lay.kubeconfig('kubelet')}",
-            f"--hostname-override={c.NODE_NAME}", f"--node-ip={c.NODE_IP}",
-            f"--root-dir={lay.kubelet_root}", f"--cert-dir={lay.kubelet_root / 'pki'}",
+def kubelet(node: c.NodeLayout) -> list[str]:
+    return [binary("kubelet"), f"--config={node.kubelet_config}",
+            f"--kubeconfig={node.kubelet_kubeconfig}",
+            f"--hostname-override={node.name}", f"--node-ip={node.ip}",
+            f"--root-dir={node.kubelet_root}", f"--cert-dir={node.kubelet_root / 'pki'}",
             "--v=1"]
 
 
@@ -147,7 +165,8 @@ def kube_proxy(lay: c.Layout) -> list[str]:
 
 
 def argv_of(name: str, lay: c.Layout, pki: Pki) -> list[str]:
-    match name:
+    kind, index = split_name(name)
+    match kind:
         case "etcd":
             return etcd(lay, pki)
         case "kube-apiserver":
@@ -157,9 +176,9 @@ def argv_of(name: str, lay: c.Layout, pki: Pki) -> list[str]:
         case "kube-scheduler":
             return kube_scheduler(lay, pki)
         case "containerd":
-            return containerd(lay)
+            return containerd(lay.node(index))
         case "kubelet":
-            return kubelet(lay)
+            return kubelet(lay.node(index))
         case "kube-proxy":
             return kube_proxy(lay)
     raise ClusterError(f"unknown component {name!r}", accepted=", ".join(COMPONENTS))
@@ -188,29 +207,31 @@ def kubeconfig(*, name: str, ca: Path, cert: Path, key: Path, server: str = c.AP
     }
 
 
-def kubelet_config(lay: c.Layout, pki: Pki) -> dict[str, Any]:
+def kubelet_config(lay: c.Layout, pki: Pki, index: int = 0) -> dict[str, Any]:
+    node = lay.node(index)
     return {
         "apiVersion": "kubelet.config.k8s.io/v1beta1", "kind": "KubeletConfiguration",
-        "address": c.NODE_IP, "port": c.KUBELET_PORT, "readOnlyPort": 0,
-        "healthzBindAddress": "127.0.0.1", "healthzPort": c.KUBELET_HEALTHZ_PORT,
+        # each node its own address in the namespace, so the ports are the usual ones
+        "address": node.ip, "port": c.KUBELET_PORT, "readOnlyPort": 0,
+        "healthzBindAddress": node.ip, "healthzPort": c.KUBELET_HEALTHZ_PORT,
         "authentication": {"anonymous": {"enabled": False},
                            "webhook": {"enabled": True},
                            "x509": {"clientCAFile": str(pki.ca)}},
         "authorization": {"mode": "Webhook"},
-        "tlsCertFile": str(pki.crt("kubelet-server")),
-        "tlsPrivateKeyFile": str(pki.key("kubelet-server")),
-        "containerRuntimeEndpoint": f"unix://{lay.containerd_socket}",
+        "tlsCertFile": str(pki.crt(f"kubelet-server{node.suffix}")),
+        "tlsPrivateKeyFile": str(pki.key(f"kubelet-server{node.suffix}")),
+        "containerRuntimeEndpoint": f"unix://{node.containerd_socket}",
         # cgroup v1 (hybrid) here: the cgroupfs driver, and v1 allowed explicitly
         "cgroupDriver": "cgroupfs", "failCgroupV1": False,
-        "cgroupRoot": f"/{c.CGROUP_ROOT}", "cgroupsPerQOS": True,
+        "cgroupRoot": c.cgroup_parent(index), "cgroupsPerQOS": True,
         "enforceNodeAllocatable": ["pods"],
         "failSwapOn": False,
         "protectKernelDefaults": False,
         "clusterDNS": [c.DNS_SERVICE_IP], "clusterDomain": c.CLUSTER_DOMAIN,
         "resolvConf": str(lay.config / "resolv.conf"),
-        "podCIDR": c.POD_CIDR, "maxPods": 110,
-        "podLogsDir": str(lay.pod_logs),
-        "volumePluginDir": str(lay.kubelet_root / "volume-plugins"),
+        "podCIDR": c.pod_cidr(index), "maxPods": 110,
+        "podLogsDir": str(node.pod_logs),
+        "volumePluginDir": str(node.kubelet_root / "volume-plugins"),
         "rotateCertificates": False, "serverTLSBootstrap": False,
         "registerNode": True,
         # a shared machine's disk is not ours to keep free: evict only when nearly full
@@ -239,37 +260,40 @@ def kube_proxy_config(lay: c.Layout) -> dict[str, Any]:
     }
 
 
-def cni_conflist(lay: c.Layout) -> dict[str, Any]:
+def cni_conflist(lay: c.Layout, index: int = 0) -> dict[str, Any]:
+    node = lay.node(index)
     return {
         "cniVersion": "1.0.0", "name": "modelrail",
         "plugins": [
-            {"type": "bridge", "bridge": "cni0", "isGateway": True, "ipMasq": True,
+            {"type": "bridge", "bridge": c.bridge(index), "isGateway": True, "ipMasq": True,
              "hairpinMode": True,
-             "ipam": {"type": "host-local", "dataDir": str(lay.cni_ipam_dir),
-                      "ranges": [[{"subnet": c.POD_CIDR, "gateway": c.POD_GATEWAY}]],
+             "ipam": {"type": "host-local", "dataDir": str(node.cni_ipam_dir),
+                      "ranges": [[{"subnet": c.pod_cidr(index),
+                                   "gateway": c.pod_gateway(index)}]],
                       "routes": [{"dst": "0.0.0.0/0"}]}},
             {"type": "portmap", "capabilities": {"portMappings": True}},
         ],
     }
 
 
-def containerd_toml(lay: c.Layout, *, runc: str, cni_bin: Path) -> str:
+def containerd_toml(lay: c.Layout, *, runc: str, cni_bin: Path, index: int = 0) -> str:
+    node = lay.node(index)
     cri = '[plugins."io.containerd.grpc.v1.cri"]'
     runc_table = f'{cri[:-1]}.containerd.runtimes.runc]'
     return f"""\
 version = 2
-root = "{lay.containerd_root}"
-state = "{lay.containerd_state}"
+root = "{node.containerd_root}"
+state = "{node.containerd_state}"
 # the system's /opt/containerd, and snapshotters this machine lacks, are not ours
 disabled_plugins = ["io.containerd.internal.v1.opt", "io.containerd.snapshotter.v1.aufs",
   "io.containerd.snapshotter.v1.btrfs", "io.containerd.snapshotter.v1.zfs",
   "io.containerd.snapshotter.v1.devmapper", "io.containerd.tracing.processor.v1.otlp"]
 
 [grpc]
-  address = "{lay.containerd_socket}"
+  address = "{node.containerd_socket}"
 
 [ttrpc]
-  address = "{lay.containerd_socket}.ttrpc"
+  address = "{node.containerd_socket}.ttrpc"
 
 [debug]
   level = "info"
@@ -295,36 +319,42 @@ disabled_plugins = ["io.containerd.internal.v1.opt", "io.containerd.snapshotter.
 
 {runc_table[:-1]}.options]
   BinaryName = "{runc}"
-  Root = "{lay.runc_root}"
+  Root = "{node.runc_root}"
   SystemdCgroup = false
 
 {cri[:-1]}.cni]
   bin_dir = "{cni_bin}"
-  conf_dir = "{lay.cni_conf_dir}"
+  conf_dir = "{node.cni_conf_dir}"
   max_conf_num = 1
 """
 
 
-def write_configs(lay: c.Layout, pki: Pki, *, runc: str) -> None:
-    """Every configuration file the components read, under <state>/config (and cni/)."""
+def write_configs(lay: c.Layout, pki: Pki, *, runc: str, nodes: int = 1) -> None:
+    """Every configuration file the components read, under <state>/config (and each
+    node's cni/)."""
     lay.config.mkdir(parents=True, exist_ok=True)
-    lay.cni_conf_dir.mkdir(parents=True, exist_ok=True)
 
     def dump(path: Path, data: dict[str, Any]) -> None:
         path.write_text(yaml.safe_dump(data, sort_keys=False))
 
     dump(lay.config / "audit-policy.yaml", AUDIT_POLICY)
-    for name in ("controller-manager", "scheduler", "kube-proxy", "kubelet"):
+    for name in ("controller-manager", "scheduler", "kube-proxy"):
         dump(lay.kubeconfig(name), kubeconfig(name=name, ca=pki.ca, cert=pki.crt(name),
                                               key=pki.key(name)))
     dump(lay.admin_kubeconfig, kubeconfig(name="modelrail-admin", ca=pki.ca,
                                           cert=pki.crt("admin"), key=pki.key("admin")))
     lay.admin_kubeconfig.chmod(0o600)
-    dump(lay.config / "kubelet.yaml", kubelet_config(lay, pki))
     dump(lay.config / "kube-proxy.yaml", kube_proxy_config(lay))
     # the pods' upstream resolver: none (nothing beyond this machine is reachable)
     (lay.config / "resolv.conf").write_text(f"search {c.CLUSTER_DOMAIN}\n")
-    (lay.cni_conf_dir / "10-modelrail.conflist").write_text(
-        json.dumps(cni_conflist(lay), indent=2))
-    (lay.config / "containerd.toml").write_text(
-        containerd_toml(lay, runc=runc, cni_bin=c.cni_bin_dir()))
+    for i in range(nodes):
+        node = lay.node(i)
+        client = f"kubelet{node.suffix}"
+        dump(node.kubelet_kubeconfig, kubeconfig(name=client, ca=pki.ca,
+                                                 cert=pki.crt(client), key=pki.key(client)))
+        dump(node.kubelet_config, kubelet_config(lay, pki, i))
+        node.cni_conf_dir.mkdir(parents=True, exist_ok=True)
+        (node.cni_conf_dir / "10-modelrail.conflist").write_text(
+            json.dumps(cni_conflist(lay, i), indent=2))
+        node.containerd_config.write_text(
+            containerd_toml(lay, runc=runc, cni_bin=c.cni_bin_dir(), index=i))

@@ -204,7 +204,12 @@ def manifests(image: str) -> list[dict[str, Any]]:
          "metadata": {"name": c.GATEWAY_NAME, **meta},
          "spec": {"type": "ClusterIP", "clusterIP": c.GATEWAY_SERVICE_IP,
                   "selector": selector,
+                  # 80 for people; 8000 as well, so that the Gateway's address and
+                  # each listener's port (what Gateway API clients and the stacks'
+                  # outputs use) answer too
                   "ports": [{"name": "http", "port": c.GATEWAY_HTTP_PORT,
+                             "targetPort": "web", "protocol": "TCP", "appProtocol": "http"},
+                            {"name": "web", "port": c.GATEWAY_WEB_PORT,
                              "targetPort": "web", "protocol": "TCP", "appProtocol": "http"},
                             {"name": "grpc", "port": c.GATEWAY_GRPC_PORT,
                              "targetPort": "grpc", "protocol": "TCP",
@@ -269,9 +274,9 @@ def answers(host: str = "modelrail-gateway.invalid", *, target: str | None = Non
 
 
 def pod_log_tail(lay: c.Layout, lines: int = 40) -> str:
-    """The last lines of Traefik's container log (kubelet's pod log folder)."""
-    found = sorted(lay.pod_logs.glob(f"{c.GATEWAY_NAMESPACE}_{APP}-*/{APP}/*.log"),
-                   key=lambda p: p.stat().st_mtime)
+    """The last lines of Traefik's container log (its node's kubelet pod log folder)."""
+    found = sorted((log for n in lay.nodes_on_disk() for log in n.pod_logs.glob(
+        f"{c.GATEWAY_NAMESPACE}_{APP}-*/{APP}/*.log")), key=lambda p: p.stat().st_mtime)
     if not found:
         return "(no Traefik log yet)"
     return "\n".join(found[-1].read_text(errors="replace").splitlines()[-lines:])

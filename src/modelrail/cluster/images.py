@@ -25,6 +25,7 @@ import subprocess
 import sys
 import tarfile
 import tempfile
+import threading
 from pathlib import Path
 
 from modelrail.cluster import config as c
@@ -176,7 +177,7 @@ def archive(ref: str) -> tuple[Path, str]:
     out = c.cluster_cache() / "archives" / f"{image_id}.tar"
     if not out.is_file():
         out.parent.mkdir(parents=True, exist_ok=True)
-        tmp = out.with_suffix(f".tmp{os.getpid()}")
+        tmp = out.with_suffix(f".tmp{os.getpid()}-{threading.get_ident()}")
         try:
             podman.save_oci_archive(ref, tmp)
             os.replace(tmp, out)

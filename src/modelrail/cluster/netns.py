@@ -1,7 +1,8 @@
 """The cluster's network namespace: made, entered, inspected and removed here.
 
-`ip netns add modelrail-cluster`, loopback up, one veth pair to the host on a /30, host
-routes to the pod and service ranges through the node address, no default route inside.
+`ip netns add modelrail-cluster`, loopback up, one veth pair to the host on a /24 (one
+address per node inside), host routes to the pod and service ranges through the first
+node's address, no default route inside.
 The host end carries the owning state folder as its interface alias, so a second `up`
 from another folder is refused and `down` knows whose namespace it removes.
 
@@ -60,10 +61,11 @@ def owner() -> str | None:
     return alias or None
 
 
-def create(state_dir: Path) -> None:
-    """The namespace, its loopback, the veth pair and the host routes (idempotent for the
-    same state folder)."""
+def create(state_dir: Path, *, nodes: int = 1) -> None:
+    """The namespace, its loopback, the veth pair with one address per node, and the
+    host routes (idempotent for the same state folder)."""
     if exists() and owner() == str(state_dir):
+        _node_addresses(nodes)
         return
     if exists() or Path(f"/sys/class/net/{c.HOST_IF}").exists():
         raise ClusterError(
@@ -79,14 +81,15 @@ def create(state_dir: Path) -> None:
         ip("link", "set", c.HOST_IF, "alias", str(state_dir))
         ip("addr", "add", f"{c.HOST_IP}/{c.LINK_PREFIX}", "dev", c.HOST_IF)
         ip("link", "set", c.HOST_IF, "up")
-        ip("addr", "add", f"{c.NODE_IP}/{c.LINK_PREFIX}", "dev", c.NODE_IF, netns=c.NETNS)
+        _node_addresses(nodes)
         ip("link", "set", c.NODE_IF, "up", netns=c.NETNS)
         # no default route inside; Service addresses need a route for the node's own
         # processes to reach them (kube-proxy's OUTPUT DNAT runs after the lookup). On
         # the link, not via the host: an address no Service holds is never answered
         # (ARP) and so never bounces between host and namespace
         ip("route", "add", c.SERVICE_CIDR, "dev", c.NODE_IF, netns=c.NETNS)
-        for cidr in (c.POD_CIDR, c.SERVICE_CIDR):
+        # every node's pod /24 is on a bridge in the namespace: one route for them all
+        for cidr in HOST_ROUTES:
             ip("route", "replace", cidr, "via", c.NODE_IP, "dev", c.HOST_IF)
         for key, value in (("net/ipv4/ip_forward", "1"),
                            ("net/bridge/bridge-nf-call-iptables", "1")):
@@ -94,6 +97,16 @@ def create(state_dir: Path) -> None:
     except BaseException:
         remove()
         raise
+
+
+HOST_ROUTES = (c.CLUSTER_CIDR, c.SERVICE_CIDR)
+
+
+def _node_addresses(nodes: int) -> None:
+    """Node i's address, 10.214.0.(2+i), on the namespace's end of the veth pair."""
+    for i in range(nodes):
+        ip("addr", "replace", f"{c.node_ip(i)}/{c.LINK_PREFIX}", "dev", c.NODE_IF,
+           netns=c.NETNS)
 
 
 def write_sysctl(key: str, value: str) -> None:
@@ -108,7 +121,7 @@ def write_sysctl(key: str, value: str) -> None:
 
 def remove() -> None:
     """Host routes, the veth pair (deleting one end deletes both) and the namespace."""
-    for cidr in (c.POD_CIDR, c.SERVICE_CIDR):
+    for cidr in (*HOST_ROUTES, c.POD_CIDR):  # (a one-node cluster routed only its /24)
         ip("route", "del", cidr, "via", c.NODE_IP, check=False)
     if Path(f"/sys/class/net/{c.HOST_IF}").exists():
         ip("link", "del", c.HOST_IF, check=False)

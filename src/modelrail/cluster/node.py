@@ -1,5 +1,6 @@
-"""A real one-node Kubernetes cluster on this machine, inside the network namespace
-`modelrail-cluster`: `up`, `status` and `down` (the `modelrail cluster` command's verbs).
+"""A real Kubernetes cluster on this machine (one node, or `nodes=N`: N kubelets, each
+with its containerd, see config.py), inside the network namespace `modelrail-cluster`:
+`up`, `status` and `down` (the `modelrail cluster` command's verbs).
 
 `up(state_dir)` runs, in order, each phase timed:
   prepare        certificates (pki.py), configuration files (components.py), the sandbox
@@ -7,8 +8,9 @@
   control-plane  etcd → kube-apiserver (until /readyz answers 200 to the admin
                  certificate from the host at https://10.214.0.2:6443) →
                  kube-controller-manager and kube-scheduler (their /healthz);
-  runtime        the cgroup parent, containerd (CRI), the images imported into it;
-  node           kubelet, until the Node is Ready;
+  runtime        the cgroup parents, each node's containerd (CRI), the images imported
+                 into every one of them;
+  node           each node's kubelet, until every Node is Ready;
   proxy          kube-proxy in iptables mode (its /healthz);
   dns            CoreDNS (if the upstream binary is built), until a DNS query for
                  kubernetes.default sent to the kube-dns Service gets 10.96.0.1;
@@ -21,9 +23,9 @@ Every component runs in a session of its own inside the namespace; its pid and s
 go to <state>/cluster.json as soon as it starts, so `down` can stop a cluster whose `up`
 failed halfway. `up` on a running cluster returns its status.
 
-`down(state_dir)`: the kubelet first (so it restarts nothing), the containers through
+`down(state_dir)`: the kubelets first (so they restart nothing), the containers through
 containerd (`ctr tasks kill`: its CRI plugin deletes each task, the shims unmount the
-rootfs and exit), containerd, the
+rootfs and exit), each containerd, the
 node's and the control plane's processes (SIGTERM, SIGKILL after a grace period), then
 every stray: processes still in the namespace or in the cgroup tree, shims of this
 containerd. Then every mount under the state folder (pod netns, overlay rootfs, volume
@@ -46,6 +48,7 @@ import ssl
 import subprocess
 import time
 from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -88,6 +91,8 @@ class ClusterStatus:
     kubeconfig: str = ""
     timings: dict[str, float] = field(default_factory=dict)
     problems: list[str] = field(default_factory=list)
+    nodes: int = 1  # how many nodes the cluster was started with
+    nodes_ready: dict[str, bool] = field(default_factory=dict)  # node name → Ready
     # the Gateway API gateway's Service as the host reaches it, {"http": "10.96.0.80:80",
     # "grpc": "10.96.0.80:8001"} (gRPC over h2c; routes pick the Host / :authority): {}
     # when it is not installed or not Programmed
@@ -96,12 +101,14 @@ class ClusterStatus:
     @property
     def running(self) -> bool:
         return self.netns and self.api_ready and self.node_ready and all(
-            self.components.values()) and set(self.components) >= set(components.COMPONENTS)
+            self.components.values()) and set(self.components) >= set(
+            components.components_of(self.nodes))
 
     def to_dict(self) -> dict[str, Any]:
         return {"state_dir": self.state_dir, "running": self.running, "netns": self.netns,
                 "components": self.components, "api_ready": self.api_ready,
-                "node_ready": self.node_ready, "server": self.server,
+                "node_ready": self.node_ready, "nodes": self.nodes,
+                "nodes_ready": self.nodes_ready, "server": self.server,
                 "kubeconfig": self.kubeconfig, "gateway": self.gateway,
                 "timings": self.timings, "problems": self.problems}
 
@@ -134,7 +141,7 @@ class _State:
             "version": STATE_VERSION, "state_dir": str(lay.root), "netns": c.NETNS,
             "server": c.API_URL, "kubeconfig": str(lay.admin_kubeconfig),
             "components": old.get("components", {}), "timings": {}, "phase": "starting",
-            "gateway": {}, "notes": []}
+            "gateway": {}, "notes": [], "nodes": old.get("nodes", 1)}
 
     def save(self) -> None:
         atomic_write_json(self.lay.state_file, self.data)
@@ -163,8 +170,12 @@ def _preflight() -> None:
         raise ClusterError("no cgroup hierarchy is mounted", where=str(CGROUP_FS))
 
 
-def _check_socket_path(lay: c.Layout) -> None:
-    longest = f"{lay.containerd_socket}.ttrpc"
+def _check_socket_path(lay: c.Layout, nodes: int) -> None:
+    """Every socket the nodes bind: containerd's (and its .ttrpc), the kubelet's
+    pod-resources socket (a ten-digit name under its root)."""
+    longest = max((path for i in range(nodes) for path in (
+        f"{lay.node(i).containerd_socket}.ttrpc",
+        f"{lay.node(i).kubelet_root}/pod-resources/{'0' * 10}")), key=len)
     if len(longest) > c.UNIX_PATH_MAX:
         raise ClusterError(
             f"the state folder's path is too long for containerd's socket ({len(longest)} > "
@@ -200,16 +211,18 @@ def _hierarchies() -> list[Path]:
     return found
 
 
-def _prepare_cgroups() -> None:
-    """/modelrail-cluster in every hierarchy (the kubelet's cgroupRoot must exist); a new
-    cpuset cgroup starts with no CPUs or memory nodes, so they are copied from the root."""
+def _prepare_cgroups(nodes: int) -> None:
+    """/modelrail-cluster/node<i> in every hierarchy (each kubelet's cgroupRoot must
+    exist); a new cpuset cgroup starts with no CPUs or memory nodes, so they are copied
+    from the root."""
     for h in _hierarchies():
-        target = h / c.CGROUP_ROOT
-        target.mkdir(exist_ok=True)
-        for name in ("cpuset.cpus", "cpuset.mems"):
-            src, dst = h / name, target / name
-            if src.is_file() and dst.is_file() and not dst.read_text().strip():
-                dst.write_text(src.read_text().strip())
+        for target in [h / c.CGROUP_ROOT] + [h / c.cgroup_parent(i).lstrip("/")
+                                             for i in range(nodes)]:
+            target.mkdir(exist_ok=True)
+            for name in ("cpuset.cpus", "cpuset.mems"):
+                src, dst = h / name, target / name
+                if src.is_file() and dst.is_file() and not dst.read_text().strip():
+                    dst.write_text(src.read_text().strip())
 
 
 def _cgroup_dirs() -> list[Path]:
@@ -298,8 +311,9 @@ def _cmdline(pid: int) -> list[str]:
 
 def _discover(lay: c.Layout) -> dict[str, Record]:
     """The cluster's components found running in its namespace by their command line
-    (the program's name and the state folder in an argument): how `down` stops them in
-    order when the state file is gone."""
+    (the program's name and the state folder in an argument; a node's containerd and
+    kubelet by their --config file, `kubelet-2.yaml`): how `down` stops them in order
+    when the state file is gone."""
     found: dict[str, Record] = {}
     if netns.owner() != str(lay.root):
         return found
@@ -309,6 +323,10 @@ def _discover(lay: c.Layout) -> dict[str, Record]:
         st = supervise.starttime(pid)
         if name in components.COMPONENTS and st is not None and any(
                 str(lay.root) in a for a in argv[1:]):
+            if name in components.PER_NODE:
+                config = next((a.split("=", 1)[1] for a in argv[1:]
+                               if a.startswith("--config=")), name)
+                name = Path(config).stem
             found[name] = Record(name=name, pid=pid, starttime=st, argv=argv,
                                  log=str(lay.log(name)))
     return found
@@ -336,25 +354,25 @@ def _phase(timings: dict[str, float], name: str) -> Iterator[None]:
         timings[name] = round(time.monotonic() - t0, 2)
 
 
-def up(state_dir: Path, *, images_to_import: list[str] | None = None,
+def up(state_dir: Path, *, nodes: int | None = None,
+       images_to_import: list[str] | None = None,
        with_dns: bool = True, with_gateway: bool = True, timeout: float = 180.0,
        keep_on_failure: bool = False) -> ClusterStatus:
-    """Start the cluster (see the module's docstring); its status once the node is Ready
-    (and the gateway Programmed). `images_to_import`: podman images the node should have
-    (the sandbox image and, if built, CoreDNS's and Traefik's are always imported). If a
-    step fails, what was started is stopped again (`down`; the logs stay) unless
-    `keep_on_failure`, and ClusterError says why."""
+    """Start the cluster with `nodes` nodes (see the module's docstring; None: as many as
+    it runs with, or 1); its status once every node is Ready (and the gateway
+    Programmed). `images_to_import`: podman images
+    every node should have (the sandbox image and, if built, CoreDNS's and Traefik's are
+    always imported). If a step fails, what was started is stopped again (`down`; the
+    logs stay) unless `keep_on_failure`, and ClusterError says why."""
     state_dir = state_dir.resolve()
     lay = c.Layout(state_dir)
     _preflight()
-    _check_socket_path(lay)
-    lay.root.mkdir(parents=True, exist_ok=True)
     current = status(state_dir)
     if current.running:  # already up: only bring in the images asked for
-        if images_to_import:
-            images.import_images(images_to_import, socket=lay.containerd_socket,
-                                 record=lay.root / "images.json")
-        return current
+        return _already_up(lay, current, nodes or current.nodes, images_to_import or [])
+    nodes = c.check_nodes(nodes or 1)
+    _check_socket_path(lay, nodes)
+    lay.root.mkdir(parents=True, exist_ok=True)
     if netns.exists() and netns.owner() not in (None, str(state_dir)):
         raise ClusterError("another cluster runs on this machine", where=netns.owner(),
                            repair=f"`modelrail cluster down` it first ({netns.owner()})")
@@ -362,11 +380,12 @@ def up(state_dir: Path, *, images_to_import: list[str] | None = None,
         down(state_dir)  # half up (a failed or interrupted `up`): start clean
     state = _State(lay)
     state.data["components"] = {}
+    state.data["nodes"] = nodes
     timings: dict[str, float] = state.data["timings"]
     t_start = time.monotonic()
     try:
         with _phase(timings, "prepare"):
-            keys, dns_image, wanted = _prepare(lay, with_dns=with_dns,
+            keys, dns_image, wanted = _prepare(lay, nodes, with_dns=with_dns,
                                                extra=images_to_import or [])
             gateway_image = _gateway_image(state) if with_gateway else None
             if gateway_image:
@@ -375,9 +394,10 @@ def up(state_dir: Path, *, images_to_import: list[str] | None = None,
         with _phase(timings, "control-plane"):
             _start_control_plane(lay, keys, state, timeout)
         with _phase(timings, "runtime"):
-            _start_runtime(lay, keys, state, wanted)
+            _start_runtime(lay, nodes, keys, state, wanted)
         with Api(keys) as api:
-            _start_node(lay, keys, state, api, timings, timeout=timeout, dns_image=dns_image)
+            _start_node(lay, nodes, keys, state, api, timings, timeout=timeout,
+                        dns_image=dns_image)
             if gateway_image:
                 with _phase(timings, "gateway"):
                     state.data["notes"] += gateway.install(api, lay, gateway_image,
@@ -398,6 +418,17 @@ def up(state_dir: Path, *, images_to_import: list[str] | None = None,
     return result
 
 
+def _already_up(lay: c.Layout, current: ClusterStatus, nodes: int,
+                images_to_import: list[str]) -> ClusterStatus:
+    if current.nodes != nodes:
+        raise ClusterError(f"the cluster runs with {current.nodes} node(s), not {nodes}",
+                           where=str(lay.root), accepted=f"--nodes {current.nodes}",
+                           repair="`modelrail cluster down` it to change its size")
+    if images_to_import:
+        _import_everywhere(lay, nodes, images_to_import)
+    return current
+
+
 def _gateway_image(state: _State) -> str | None:
     """Traefik's image if the gateway can be installed; else None, and why in the notes
     `status` reports."""
@@ -413,15 +444,18 @@ def _gateway_image(state: _State) -> str | None:
     return image
 
 
-def _prepare(lay: c.Layout, *, with_dns: bool, extra: list[str],
+def _prepare(lay: c.Layout, nodes: int, *, with_dns: bool, extra: list[str],
              ) -> tuple[pki.Pki, str | None, list[str]]:
     """Certificates, configuration, folders, images, the namespace; the PKI, CoreDNS's
-    image (None: not built, or not wanted) and every image the node needs."""
-    keys = pki.ensure_pki(lay.pki)
-    components.write_configs(lay, keys, runc=podman.runc_path())
-    for d in (lay.logs, lay.etcd_data, lay.containerd_root, lay.kubelet_root, lay.pod_logs,
-              lay.cni_ipam_dir):
+    image (None: not built, or not wanted) and every image the nodes need."""
+    keys = pki.ensure_pki(lay.pki, nodes=nodes)
+    components.write_configs(lay, keys, runc=podman.runc_path(), nodes=nodes)
+    for d in (lay.logs, lay.etcd_data):
         d.mkdir(parents=True, exist_ok=True)
+    for i in range(nodes):
+        n = lay.node(i)
+        for d in (n.containerd_root, n.kubelet_root, n.pod_logs, n.cni_ipam_dir):
+            d.mkdir(parents=True, exist_ok=True)
     lay.etcd_data.chmod(0o700)
     missing = [ref for ref in extra if not podman.image_exists(ref)]
     if missing:
@@ -432,25 +466,74 @@ def _prepare(lay: c.Layout, *, with_dns: bool, extra: list[str],
     if dns_image:
         wanted.append(dns_image)
     wanted += [ref for ref in extra if ref not in wanted]
-    netns.create(lay.root)
+    netns.create(lay.root, nodes=nodes)
     return keys, dns_image, wanted
 
 
-def _start_runtime(lay: c.Layout, keys: pki.Pki, state: _State, wanted: list[str]) -> None:
-    _prepare_cgroups()
-    ctd = _start(state, "containerd", lay, keys)
-    supervise.wait_until(lambda: bool(images.ctr(lay.containerd_socket, "version", timeout=5)),
-                         timeout=60, what="containerd's socket", record=ctd)
-    images.import_images(wanted, socket=lay.containerd_socket, record=lay.root / "images.json")
+def _import_everywhere(lay: c.Layout, nodes: int, refs: list[str]) -> None:
+    """`refs` into every node's containerd, the nodes side by side (each import is
+    mostly disk I/O)."""
+    for ref in refs:  # each archive saved once, before the nodes read it
+        images.archive(ref)
+
+    def one(i: int) -> list[str]:
+        n = lay.node(i)
+        return images.import_images(refs, socket=n.containerd_socket, record=n.images_record)
+    with ThreadPoolExecutor(max_workers=min(nodes, 4)) as pool:
+        list(pool.map(one, range(nodes)))
 
 
-def _start_node(lay: c.Layout, keys: pki.Pki, state: _State, api: Api,
+def _assign_pod_cidr(api: Api, n: c.NodeLayout) -> list[str]:
+    """The Node's spec.podCIDR set to the /24 its CNI configuration hands out (set once:
+    the field is immutable); a note if it already holds another range."""
+    cidr = c.pod_cidr(n.index)
+    current = (api.get(f"/api/v1/nodes/{n.name}") or {}).get("spec", {}).get("podCIDR")
+    if current is None:
+        api.apply({"apiVersion": "v1", "kind": "Node", "metadata": {"name": n.name},
+                   "spec": {"podCIDR": cidr, "podCIDRs": [cidr]}})
+        return []
+    if current != cidr:
+        return [f"node {n.name} has podCIDR {current}, but its pods get addresses in {cidr}"
+                " (a cluster made before nodes had fixed ranges: `down --purge` remakes it)"]
+    return []
+
+
+def _containerd_answers(socket: Path) -> Callable[[], bool]:
+    return lambda: bool(images.ctr(socket, "version", timeout=5))
+
+
+def _registered(api: Api, name: str) -> Callable[[], bool]:
+    return lambda: api.get(f"/api/v1/nodes/{name}") is not None
+
+
+def _ready(api: Api, since: float, name: str) -> Callable[[], bool]:
+    return lambda: node_ready(api, since=since, name=name)
+
+
+def _start_runtime(lay: c.Layout, nodes: int, keys: pki.Pki, state: _State,
+                   wanted: list[str]) -> None:
+    _prepare_cgroups(nodes)
+    for i in range(nodes):
+        n = lay.node(i)
+        ctd = _start(state, n.component("containerd"), lay, keys)
+        supervise.wait_until(_containerd_answers(n.containerd_socket), timeout=60,
+                             what=f"{n.component('containerd')}'s socket", record=ctd)
+    _import_everywhere(lay, nodes, wanted)
+
+
+def _start_node(lay: c.Layout, nodes: int, keys: pki.Pki, state: _State, api: Api,
                 timings: dict[str, float], *, timeout: float, dns_image: str | None) -> None:
     with _phase(timings, "node"):
         started = time.time()
-        kubelet = _start(state, "kubelet", lay, keys)
-        supervise.wait_until(lambda: node_ready(api, since=started), timeout=timeout,
-                             what="the node to be Ready", record=kubelet)
+        kubelets = [(lay.node(i), _start(state, lay.node(i).component("kubelet"), lay, keys))
+                    for i in range(nodes)]
+        for n, kubelet in kubelets:
+            supervise.wait_until(_registered(api, n.name), timeout=timeout,
+                                 what=f"node {n.name} to register", record=kubelet)
+            state.data["notes"] += _assign_pod_cidr(api, n)
+        for n, kubelet in kubelets:
+            supervise.wait_until(_ready(api, started, n.name), timeout=timeout,
+                                 what=f"node {n.name} to be Ready", record=kubelet)
     with _phase(timings, "proxy"):
         proxy = _start(state, "kube-proxy", lay, keys)
         supervise.wait_until(_probe(f"http://127.0.0.1:{c.PROXY_HEALTHZ_PORT}/healthz"),
@@ -507,7 +590,7 @@ def status(state_dir: Path) -> ClusterStatus:
     ours = netns.exists() and netns.owner() == str(state_dir)
     alive = {name: supervise.alive(r) for name, r in records.items()}
     result = ClusterStatus(state_dir=str(state_dir), netns=ours, components=alive,
-                           api_ready=False, node_ready=False,
+                           api_ready=False, node_ready=False, nodes=int(state.get("nodes", 1)),
                            kubeconfig=str(lay.admin_kubeconfig) if
                            lay.admin_kubeconfig.is_file() else "",
                            timings=dict(state.get("timings", {})))
@@ -524,9 +607,11 @@ def status(state_dir: Path) -> ClusterStatus:
                 if not result.api_ready:
                     result.problems.append(f"/readyz: {detail.strip()[-500:]}")
                 else:
-                    result.node_ready = node_ready(api)
-                    if not result.node_ready:
-                        result.problems.append(f"node {c.NODE_NAME} is not Ready")
+                    result.nodes_ready = {c.node_name(i): node_ready(api, name=c.node_name(i))
+                                          for i in range(result.nodes)}
+                    result.node_ready = all(result.nodes_ready.values())
+                    result.problems += [f"node {n} is not Ready"
+                                        for n, ok in result.nodes_ready.items() if not ok]
                     result.gateway, trouble = gateway.report(api)
                     result.problems += trouble
         except (OSError, ssl.SSLError, httpx.HTTPError, ClusterError) as exc:
@@ -537,7 +622,8 @@ def status(state_dir: Path) -> ClusterStatus:
 # --- down --------------------------------------------------------------------------------
 
 STOP_ORDER = ("kubelet", "kube-proxy", "containerd", "kube-scheduler",
-              "kube-controller-manager", "kube-apiserver", "etcd")
+              "kube-controller-manager", "kube-apiserver", "etcd")  # every node's kubelet,
+# containerd: kubelet-1, …, containerd-1, … with their kind
 
 
 @dataclass
@@ -563,11 +649,10 @@ def _tasks(socket: Path) -> list[str]:
     return [line.split()[0] for line in out.splitlines()[1:] if line.strip()]
 
 
-def _stop_containers(lay: c.Layout, report: DownReport, *, timeout: float = 15.0) -> None:
-    """Every task of the cluster's containerd killed through containerd: its CRI plugin
+def _stop_containers(socket: Path, report: DownReport, *, timeout: float = 15.0) -> None:
+    """Every task of one node's containerd killed through containerd: its CRI plugin
     sees each exit and deletes the task, the shim then unmounts the rootfs, removes its
     socket and exits. Tasks still there after `timeout` are deleted by force."""
-    socket = lay.containerd_socket
     try:
         tasks = _tasks(socket)
     except (ClusterError, OSError, subprocess.TimeoutExpired) as exc:
@@ -632,19 +717,23 @@ def down(state_dir: Path, *, purge: bool = False, grace: float = 10.0) -> DownRe
     for name, record in _discover(lay).items():  # no state file, or a stale one
         records.setdefault(name, record)
 
-    def stop(name: str) -> None:
-        record = records.get(name)
-        if record is None or not supervise.alive(record):
-            return
-        if supervise.stop(record, grace=grace):
-            report.killed.append(name)
-        report.stopped.append(name)
+    def stop(kind: str) -> None:
+        for name in sorted(n for n in records if components.split_name(n)[0] == kind):
+            record = records[name]
+            if not supervise.alive(record):
+                continue
+            if supervise.stop(record, grace=grace):
+                report.killed.append(name)
+            report.stopped.append(name)
 
+    nodes = lay.nodes_on_disk()
     with _phase(report.steps, "kubelet"):
         stop("kubelet")
     with _phase(report.steps, "containers"):
-        if records.get("containerd") and supervise.alive(records["containerd"]):
-            _stop_containers(lay, report)
+        for n in nodes:
+            ctd = records.get(n.component("containerd"))
+            if ctd and supervise.alive(ctd):
+                _stop_containers(n.containerd_socket, report)
         for pid in _cgroup_pids():  # containers containerd could not stop
             report.strays.append(f"{pid} (in the pod cgroups): "
                                  f"{' '.join(_cmdline(pid))[:120]}")
@@ -653,7 +742,7 @@ def down(state_dir: Path, *, purge: bool = False, grace: float = 10.0) -> DownRe
         for name in STOP_ORDER[1:]:
             stop(name)
     with _phase(report.steps, "strays"):
-        shims = _shims(lay.containerd_socket)
+        shims = [p for n in nodes for p in _shims(n.containerd_socket)]
         report.strays += [f"{p} (shim): {' '.join(_cmdline(p))[:120]}" for p in shims]
         report.killed += [f"shim {p}" for p in supervise.kill_pids(shims, grace=2.0)]
         strays = netns.pids() if netns.owner() in (None, str(state_dir)) else []
@@ -687,7 +776,7 @@ def leftovers(state_dir: Path) -> list[str]:
                   for r in _records(_read_state(lay)).values() if supervise.alive(r)]
     found += [f"process {p} in {c.NETNS}" for p in netns.pids()]
     found += [f"process {p} in the pod cgroups" for p in _cgroup_pids()]
-    found += [f"shim {p}" for p in _shims(lay.containerd_socket)]
+    found += [f"shim {p}" for n in lay.nodes_on_disk() for p in _shims(n.containerd_socket)]
     me = os.getpid()
     for entry in Path("/proc").iterdir():
         if entry.name.isdigit() and int(entry.name) != me:

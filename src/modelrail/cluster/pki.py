@@ -42,8 +42,10 @@ class Leaf:
     ca: str = "ca"
 
 
-def leaves() -> list[Leaf]:
-    """Every leaf certificate the cluster uses."""
+def leaves(nodes: int = 1) -> list[Leaf]:
+    """Every leaf certificate an N-node cluster uses (each kubelet has its own client
+    identity, system:node:<name>, which the Node authorizer and NodeRestriction hold it
+    to, and its own serving certificate for its address)."""
     api_dns = ("kubernetes", "kubernetes.default", "kubernetes.default.svc",
                f"kubernetes.default.svc.{c.CLUSTER_DOMAIN}", "localhost")
     return [
@@ -59,10 +61,17 @@ def leaves() -> list[Leaf]:
         Leaf("controller-manager", "system:kube-controller-manager", client=True),
         Leaf("scheduler", "system:kube-scheduler", client=True),
         Leaf("kube-proxy", "system:kube-proxy", client=True),
-        Leaf("kubelet", f"system:node:{c.NODE_NAME}", orgs=("system:nodes",), client=True),
-        Leaf("kubelet-server", f"system:node:{c.NODE_NAME}", orgs=("system:nodes",),
-             server=True, dns=(c.NODE_NAME, "localhost"), ips=(c.NODE_IP, "127.0.0.1")),
+        *[leaf for i in range(nodes) for leaf in _kubelet_leaves(i)],
     ]
+
+
+def _kubelet_leaves(i: int) -> list[Leaf]:
+    suffix = "" if i == 0 else f"-{i}"
+    name, ip = c.node_name(i), c.node_ip(i)
+    return [Leaf(f"kubelet{suffix}", f"system:node:{name}", orgs=("system:nodes",),
+                 client=True),
+            Leaf(f"kubelet-server{suffix}", f"system:node:{name}", orgs=("system:nodes",),
+                 server=True, dns=(name, "localhost"), ips=(ip, "127.0.0.1"))]
 
 
 @dataclass(frozen=True)
@@ -152,9 +161,9 @@ def _issue(pki: Pki, leaf: Leaf) -> None:
                  "-extfile", str(ext), "-out", str(pki.crt(leaf.name)))
 
 
-def ensure_pki(root: Path) -> Pki:
-    """Make whatever is missing under `root`: the two CAs, every leaf, the
-    service-account key pair and the secrets-encryption config."""
+def ensure_pki(root: Path, *, nodes: int = 1) -> Pki:
+    """Make whatever is missing under `root`: the two CAs, every leaf (of `nodes`
+    nodes), the service-account key pair and the secrets-encryption config."""
     pki = Pki(root)
     root.mkdir(parents=True, exist_ok=True)
     os.chmod(root, 0o700)
@@ -162,7 +171,7 @@ def ensure_pki(root: Path) -> Pki:
                      ("front-proxy-ca", "modelrail-front-proxy-ca")):
         if not (pki.crt(name).is_file() and pki.key(name).is_file()):
             _make_ca(pki, name, cn)
-    for leaf in leaves():
+    for leaf in leaves(nodes):
         if not (pki.crt(leaf.name).is_file() and pki.key(leaf.name).is_file()):
             _issue(pki, leaf)
     if not (pki.sa_key.is_file() and pki.sa_pub.is_file()):

@@ -3,8 +3,9 @@
     modelrail cluster up [--nodes N] [--image REF …]
                                           etcd, API server, controller manager, scheduler,
                                           N × (containerd + kubelet), kube-proxy, CoreDNS,
-                                          Traefik as the Gateway, inside the network
-                                          namespace `modelrail-cluster`
+                                          Traefik as the Gateway, Prometheus and
+                                          metrics-server, inside the network namespace
+                                          `modelrail-cluster`
     modelrail cluster status [-o json]     exit 0 when everything runs and the node is Ready
     modelrail cluster down [--purge]       nothing of it left on the machine
 
@@ -81,6 +82,10 @@ def _print_status(result: Any, output: str) -> int:
         if gateway:
             print(f"  gateway     http {gateway['http']}  grpc (h2c) {gateway['grpc']}  "
                   "(send the route's hostname as Host / :authority)")
+        prometheus = getattr(result, "prometheus", "")
+        if prometheus:
+            print(f"  prometheus  http://{prometheus}   "
+                  "(in the cluster: http://prometheus.monitoring.svc:9090)")
         rows = [[name, "running" if ok else "stopped"]
                 for name, ok in sorted(result.components.items())]
         if rows:

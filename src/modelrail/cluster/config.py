@@ -49,6 +49,8 @@ CGROUP_ROOT = "modelrail-cluster"
 PAUSE_IMAGE = "localhost/modelrail/pause:3.10"
 COREDNS_IMAGE_REPO = "localhost/modelrail/coredns"
 TRAEFIK_IMAGE_REPO = "localhost/modelrail/traefik"
+PROMETHEUS_IMAGE_REPO = "localhost/modelrail/prometheus"
+METRICS_SERVER_IMAGE_REPO = "localhost/modelrail/metrics-server"
 
 # the Gateway API implementation (Traefik, gateway.py): the Gateway the stacks' routes name
 # (Pulumi.<stack>.yaml `modelrail:gateway`), served by a ClusterIP Service at a fixed
@@ -63,6 +65,16 @@ GATEWAY_GRPC_PORT = 8001
 GATEWAY_WEB_PORT = 8000  # Traefik's entry points = the Gateway listeners' ports
 GATEWAY_H2C_PORT = 8001
 GATEWAY_PING_PORT = 8080  # Traefik's own entry point: /ping for the probes
+
+# monitoring (monitoring.py): Prometheus in the namespace the stacks name as
+# `modelrail:monitoringNamespace`, its Service at a fixed address in the static part of
+# SERVICE_CIDR (the operator's http://prometheus.monitoring.svc:9090; the host reaches the
+# ClusterIP through its route to the Service range); metrics-server in kube-system behind
+# the aggregated API v1beta1.metrics.k8s.io (what HPAs on CPU read)
+MONITORING_NAMESPACE = "monitoring"
+PROMETHEUS_SERVICE_IP = "10.96.0.90"
+PROMETHEUS_PORT = 9090
+METRICS_SERVER_PORT = 10250  # in its pod (the Service maps 443 to it)
 
 # health endpoints, all inside the namespace
 ETCD_CLIENT_PORT = 2379

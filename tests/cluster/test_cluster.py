@@ -231,3 +231,18 @@ def test_cluster_up_runs_restricted_pods_and_down_leaves_nothing(
     assert node.mounts_under(state_dir.resolve()) == []
     assert not node.status(state_dir).running
 
+
+
+def test_service_account_credentials_refuse_bad_input(tmp_path: Path) -> None:
+    from modelrail.cluster import credentials
+    from modelrail.cluster.errors import ClusterError
+
+    with pytest.raises(ClusterError, match="NAMESPACE/NAME"):
+        credentials.write_service_account_kubeconfig(
+            None, tmp_path / "ca.crt", "no-slash", tmp_path / "kc")  # type: ignore[arg-type]
+    with pytest.raises(ClusterError, match=r"600\.\.86400"):
+        credentials.request_token(None, "ns", "sa", seconds=60)  # type: ignore[arg-type]
+    doc = credentials.kubeconfig_for("TOKEN", namespace="ns", user="system:serviceaccount:ns:sa",
+                                     ca=tmp_path / "ca.crt")
+    assert doc["users"][0]["user"] == {"token": "TOKEN"}
+    assert doc["contexts"][0]["context"]["namespace"] == "ns"

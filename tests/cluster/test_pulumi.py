@@ -224,7 +224,9 @@ def test_the_ci_account_may_do_exactly_what_its_role_says(
     refused = [("delete", "modelrollouts.modelrail.dev"), ("patch", "deployments.apps"),
                ("delete", "deployments.apps"), ("create", "pods"), ("get", "secrets"),
                ("get", "configmaps"), ("create", "rolebindings.rbac.authorization.k8s.io"),
-               ("patch", "httproutes.gateway.networking.k8s.io"), ("create", "jobs.batch")]
+               ("patch", "httproutes.gateway.networking.k8s.io"), ("create", "jobs.batch"),
+               ("create", "modelrollouts.modelrail.dev"), ("list", "modelrollouts.modelrail.dev"),
+               ("get", "deployments.apps"), ("list", "events")]
     for verb, resource in refused:
         assert not _can_i(state_dir, dev.namespace, verb, resource), (verb, resource)
     # and nothing in another environment's namespace

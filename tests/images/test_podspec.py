@@ -64,6 +64,8 @@ def test_the_inference_pod_probes_and_ports_come_from_the_deployment() -> None:
     assert run.readiness == podspec.Probe(path="/v2/health/ready", port=3000, period=5,
                                           failure_threshold=2)
     assert run.startup is not None and run.startup.path == "/v2/health/live"
+    # serves on through the preStop sleep before SIGTERM, within the grace period
+    assert run.pre_stop_seconds == manifests.PRE_STOP_SECONDS < run.grace_seconds
     limits = spec["containers"][0]["resources"]["limits"]
     opts = _opts(run)
     assert float(opts[opts.index("--cpus") + 1]) == podspec.cpus(limits["cpu"])

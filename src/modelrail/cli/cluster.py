@@ -8,6 +8,9 @@
                                           `modelrail-cluster`
     modelrail cluster status [-o json]     exit 0 when everything runs and the node is Ready
     modelrail cluster down [--purge]       nothing of it left on the machine
+    modelrail cluster kubeconfig --service-account NS/NAME --out FILE
+                                          a kubeconfig with a short-lived token of that
+                                          account (how CI gets its credentials)
 
 Binaries come from scripts/upstream/build.sh (the bootstrap runs it); state lives in
 --state-dir (default: $MODELRAIL_CLUSTER_DIR or ./.modelrail/cluster).
@@ -47,7 +50,15 @@ def add_parser(sub: Any) -> None:
     down = csub.add_parser("down", help="stop everything and leave nothing behind")
     down.add_argument("--purge", action="store_true",
                       help="also delete certificates, etcd's data and containerd's images")
-    for q in (up, st, down):
+    kc = csub.add_parser("kubeconfig", help="a kubeconfig acting as a ServiceAccount, with "
+                                            "a short-lived token (CI's, for rollout --kube)")
+    kc.add_argument("--service-account", required=True, metavar="NAMESPACE/NAME",
+                    help="e.g. modelrail-dev/modelrail-ci (the stack's CI account)")
+    kc.add_argument("--out", required=True, help="the kubeconfig file to write (0600)")
+    kc.add_argument("--duration", type=int, default=3600, metavar="SECONDS",
+                    help="the token's lifetime, 600..86400 (default 3600)")
+    kc.set_defaults(handler=_kubeconfig)
+    for q in (up, st, down, kc):
         q.add_argument("--state-dir", default=None,
                        help="the cluster's folder (default: $MODELRAIL_CLUSTER_DIR or "
                             "./.modelrail/cluster)")
@@ -104,6 +115,28 @@ def _up(args: argparse.Namespace) -> int:
     return _print_status(up(_state_dir(args), nodes=args.nodes,
                             images_to_import=list(args.image), timeout=args.timeout),
                          args.output)
+
+
+def _kubeconfig(args: argparse.Namespace) -> int:
+    from modelrail.cluster import credentials, pki
+    from modelrail.cluster.api import Api
+    from modelrail.cluster.config import Layout
+    from modelrail.cluster.errors import ClusterError
+
+    lay = Layout(_state_dir(args).resolve())
+    if not lay.admin_kubeconfig.is_file():
+        raise ClusterError("no cluster in this state folder", where=str(lay.root),
+                           repair="`modelrail cluster up` first")
+    keys = pki.Pki(lay.pki)
+    with Api(keys) as admin:
+        out = credentials.write_service_account_kubeconfig(
+            admin, keys.ca, args.service_account, Path(args.out), seconds=args.duration)
+    if args.output == "json":
+        print_json({"kubeconfig": str(out), "service_account": args.service_account,
+                    "seconds": args.duration})
+    else:
+        print(f"{out}: acts as {args.service_account} for {args.duration} s")
+    return 0
 
 
 def _status(args: argparse.Namespace) -> int:

@@ -17,6 +17,8 @@ Pure: no podman, no I/O. `container_run(pod_spec, …)` reads the same dict the 
   probes            → Probe objects run.py polls like a kubelet (httpGet)
   terminationGracePeriodSeconds → --stop-timeout; terminationMessagePath → a bind-mounted
                     host file, read back like a kubelet's termination message
+  lifecycle.preStop.sleep → run.py waits that long before SIGTERM, inside the grace
+                    period, as the kubelet does
 
 A field it does not know is an error (UnsupportedFieldError), never silently dropped: if
 the program's Deployment gains a field, the image tests fail until it is mapped here or set
@@ -43,7 +45,8 @@ POD_FIELDS = {"securityContext", "terminationGracePeriodSeconds", "containers", 
               *(k for k in IGNORED if "." not in k)}
 CONTAINER_FIELDS = {"name", "image", "args", "command", "ports", "env", "resources",
                     "readinessProbe", "livenessProbe", "startupProbe", "securityContext",
-                    "volumeMounts", "terminationMessagePolicy", "terminationMessagePath"}
+                    "volumeMounts", "terminationMessagePolicy", "terminationMessagePath",
+                    "lifecycle"}
 POD_SECURITY = {"runAsNonRoot", "runAsUser", "runAsGroup", "fsGroup", "seccompProfile"}
 CONTAINER_SECURITY = {"allowPrivilegeEscalation", "readOnlyRootFilesystem", "runAsNonRoot",
                       "runAsUser", "runAsGroup", "capabilities", "seccompProfile"}
@@ -84,6 +87,7 @@ class ContainerRun:
     termination_message_path: str = TERMINATION_LOG
     fallback_to_logs: bool = False
     labels: dict[str, str] = field(default_factory=dict)
+    pre_stop_seconds: int = 0  # lifecycle.preStop.sleep: serve on this long after stop
 
 
 def _unknown(obj: dict[str, Any], known: set[str], where: str) -> None:
@@ -115,6 +119,22 @@ def memory_bytes(value: str | int) -> int:
         raise InvalidInputError(f"invalid memory quantity {value!r}", where="resources",
                                 accepted='bytes with an optional suffix: Ki Mi Gi Ti k M G T')
     return int(float(match.group(1)) * _FACTORS[match.group(2)])
+
+
+def _pre_stop(spec: dict[str, Any], grace: int, where: str) -> int:
+    """lifecycle.preStop.sleep.seconds (the only lifecycle hook mapped); within the grace
+    period, as the kubelet counts it."""
+    lifecycle = spec.get("lifecycle")
+    if not lifecycle:
+        return 0
+    _unknown(lifecycle, {"preStop"}, f"{where} lifecycle")
+    _unknown(lifecycle["preStop"], {"sleep"}, f"{where} lifecycle.preStop")
+    seconds = int(lifecycle["preStop"]["sleep"]["seconds"])
+    if not 0 <= seconds <= grace:
+        raise InvalidInputError(f"preStop sleeps {seconds}s, beyond the {grace}s grace period",
+                                where=f"{where} lifecycle.preStop.sleep.seconds",
+                                accepted=f"0..{grace}")
+    return seconds
 
 
 def _probe(spec: dict[str, Any] | None, ports: dict[str, int], where: str) -> Probe | None:
@@ -192,7 +212,8 @@ def container_run(pod_spec: dict[str, Any], *, name: str, network: str,
         liveness=_probe(spec.get("livenessProbe"), ports, f"{where} livenessProbe"),
         startup=_probe(spec.get("startupProbe"), ports, f"{where} startupProbe"),
         termination_message_path=message_path,
-        fallback_to_logs=policy == "FallbackToLogsOnError", labels=dict(labels or {}))
+        fallback_to_logs=policy == "FallbackToLogsOnError", labels=dict(labels or {}),
+        pre_stop_seconds=_pre_stop(spec, grace, where))
 
 
 def _security(pod_spec: dict[str, Any], spec: dict[str, Any], where: str,

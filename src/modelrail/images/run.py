@@ -138,8 +138,12 @@ class PodContainer:
 
     # --- stop ---------------------------------------------------------------------------
     def stop(self, *, grace: int | None = None) -> int:
-        """SIGTERM, the grace period, SIGKILL; then the container is removed."""
+        """The preStop sleep (still serving), SIGTERM, the rest of the grace period,
+        SIGKILL; then the container is removed. `grace` overrides both (0: kill now)."""
         seconds = self.run.grace_seconds if grace is None else grace
+        if grace is None and self.run.pre_stop_seconds and self.poll() is None:
+            time.sleep(self.run.pre_stop_seconds)
+            seconds = max(seconds - self.run.pre_stop_seconds, 1)
         if self.poll() is None:
             podman.podman("stop", "--time", str(seconds), self.name, check=False,
                           timeout=seconds + 60)

@@ -18,6 +18,7 @@ from modelrail.infra.config import StackConfig
 from modelrail.infra.manifests import Obj, render
 
 NAMESPACE_TOKEN = "{namespace}"
+WHOLE_CONFIG = "(the whole stack configuration)"
 
 
 @dataclass(frozen=True)
@@ -123,6 +124,8 @@ def diff(cfg_a: StackConfig, cfg_b: StackConfig) -> list[Difference]:
                     va.replace(cfg_a.namespace, NAMESPACE_TOKEN) == \
                     vb.replace(cfg_b.namespace, NAMESPACE_TOKEN):
                 by: str | None = "namespace"
+            elif (va, vb) == (cfg_a.model_dump_json(), cfg_b.model_dump_json()):
+                by = WHOLE_CONFIG  # the controller's copy of its stack's configuration
             else:
                 by = explain(va, vb, flat_a, flat_b)
             out.append(Difference(obj=key, path=path, a=va, b=vb, explained_by=by))

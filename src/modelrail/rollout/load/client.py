@@ -17,8 +17,10 @@ import httpx
 
 class ClientTraffic:
     def __init__(self, url: str, body: dict[str, Any], *, threads: int = 1,
-                 pause: float = 0.005, max_seconds: float = 300.0) -> None:
+                 pause: float = 0.005, max_seconds: float = 300.0,
+                 headers: dict[str, str] | None = None) -> None:
         self.url, self.body = url, body
+        self.headers = headers or {}  # e.g. the route's Host through a gateway
         self.pause, self.max_seconds = pause, max_seconds
         self.results: Counter[object] = Counter()  # HTTP status, or the exception's name
         self._lock = threading.Lock()
@@ -51,7 +53,8 @@ class ClientTraffic:
             while not self._stop.is_set() and time.monotonic() - started < self.max_seconds:
                 outcome: object
                 try:
-                    outcome = client.post(self.url, json=self.body, timeout=10).status_code
+                    outcome = client.post(self.url, json=self.body, headers=self.headers,
+                                          timeout=10).status_code
                 except httpx.HTTPError as exc:
                     outcome = type(exc).__name__
                 with self._lock:

@@ -77,12 +77,17 @@ def test_stack_up_is_ready_idempotent_and_destroyed_without_trace(
 def _check_workloads(state_dir: Path, cfg: StackConfig) -> None:
     ns = get_json(state_dir, "namespace", cfg.namespace)
     assert ns["metadata"]["labels"]["pod-security.kubernetes.io/enforce"] == "restricted"
-    # every stable Deployment at the stack's minReplicas, all Ready
+    # every stable Deployment brought to the stack's minReplicas by its HPA (the program
+    # leaves replicas to the HPA, so `up` returns once the first pod is ready), all Ready
     for m in cfg.models:
-        dep = get_json(state_dir, "-n", cfg.namespace, "deployment", f"{m.name}-stable")
-        assert dep["spec"]["replicas"] == cfg.autoscaling.min_replicas
-        assert dep["status"].get("readyReplicas") == cfg.autoscaling.min_replicas, \
-            dep["status"]
+        deadline = time.monotonic() + 240
+        while True:
+            dep = get_json(state_dir, "-n", cfg.namespace, "deployment", f"{m.name}-stable")
+            if dep["spec"].get("replicas") == cfg.autoscaling.min_replicas and \
+                    dep["status"].get("readyReplicas") == cfg.autoscaling.min_replicas:
+                break
+            assert time.monotonic() < deadline, (dep["spec"].get("replicas"), dep["status"])
+            time.sleep(2)
         hpa = get_json(state_dir, "-n", cfg.namespace, "hpa", f"{m.name}-stable")
         assert hpa["spec"]["minReplicas"] == cfg.autoscaling.min_replicas
         assert hpa["spec"]["maxReplicas"] == cfg.autoscaling.max_replicas

@@ -50,6 +50,14 @@ def get_json(state_dir: Path, *args: str) -> Any:
     return json.loads(kubectl(state_dir, "get", *args, "-o", "json").stdout)
 
 
+def images_of(cfg: StackConfig, state_dir: Path) -> None:
+    """The stack's images built (or found), tagged with its references, in containerd."""
+    build_inference([ModelRef(m.name, m.version) for m in cfg.models], tags=(cfg.image,))
+    build_image("controller", tags=(cfg.controller_image,))
+    build_image("loadtest", tags=(cfg.loadtest_image,))
+    node.up(state_dir, images_to_import=[cfg.image, cfg.controller_image, cfg.loadtest_image])
+
+
 @pytest.fixture(scope="module")
 def dev() -> StackConfig:
     return load_stack(STACK, ROOT)
@@ -62,10 +70,7 @@ def deployed(cluster: tuple[Path, Any, str], examples: dict[str, Example], dev: 
     """The stack's images (tagged with the stack's references) in containerd, then
     `pulumi up`; destroyed at the end if a test did not."""
     state_dir = cluster[0]
-    build_inference([ModelRef(m.name, m.version) for m in dev.models], tags=(dev.image,))
-    build_image("controller", tags=(dev.controller_image,))
-    build_image("loadtest", tags=(dev.loadtest_image,))
-    node.up(state_dir, images_to_import=[dev.image, dev.controller_image, dev.loadtest_image])
+    images_of(dev, state_dir)
     target = deploy.Target(project=ROOT, stack=STACK,
                            kubeconfig=state_dir / "admin.kubeconfig",
                            backend=tmp_path_factory.mktemp("pulumi"))

@@ -20,12 +20,9 @@ import pytest
 import tritonclient.http as thttp
 
 from modelrail.cluster import config as c
-from modelrail.cluster import node
-from modelrail.images.build import build_image, build_inference
 from modelrail.infra import deploy, manifests
 from modelrail.infra.config import StackConfig, load_stack
-from modelrail.serving.config import ModelRef
-from tests.cluster.test_pulumi import ROOT, get_json, kubectl
+from tests.cluster.test_pulumi import ROOT, get_json, images_of, kubectl
 from tests.conftest import Example
 
 pytestmark = pytest.mark.slow
@@ -51,10 +48,7 @@ def test_stack_up_is_ready_idempotent_and_destroyed_without_trace(
         tmp_path: Path) -> None:
     cfg = load_stack(stack, ROOT)
     state_dir = cluster[0]
-    build_inference([ModelRef(m.name, m.version) for m in cfg.models], tags=(cfg.image,))
-    build_image("controller", tags=(cfg.controller_image,))
-    build_image("loadtest", tags=(cfg.loadtest_image,))
-    node.up(state_dir, images_to_import=[cfg.image, cfg.controller_image, cfg.loadtest_image])
+    images_of(cfg, state_dir)
     target = deploy.Target(project=ROOT, stack=stack,
                            kubeconfig=state_dir / "admin.kubeconfig", backend=tmp_path / "be")
     t0 = time.monotonic()

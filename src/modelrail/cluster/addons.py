@@ -44,6 +44,15 @@ def restricted_security_context() -> dict[str, Any]:
             "seccompProfile": {"type": "RuntimeDefault"}}
 
 
+def restricted_namespace(name: str) -> dict[str, Any]:
+    """A namespace of the cluster's add-ons, held to the `restricted` Pod Security level."""
+    return {"apiVersion": "v1", "kind": "Namespace",
+            "metadata": {"name": name, "labels": {
+                "pod-security.kubernetes.io/enforce": "restricted",
+                "pod-security.kubernetes.io/enforce-version": "latest",
+                "app.kubernetes.io/part-of": "modelrail"}}}
+
+
 def coredns(image: str) -> list[tuple[str, dict[str, Any]]]:
     """(collection path, object) pairs, in the order they must be created."""
     meta = {"namespace": NAMESPACE, "labels": LABELS}

@@ -148,11 +148,7 @@ def manifests(image: str) -> list[dict[str, Any]]:
     meta = {"namespace": ns, "labels": LABELS}
     selector = {"app.kubernetes.io/name": APP}
     return [
-        {"apiVersion": "v1", "kind": "Namespace",
-         "metadata": {"name": ns, "labels": {
-             "pod-security.kubernetes.io/enforce": "restricted",
-             "pod-security.kubernetes.io/enforce-version": "latest",
-             "app.kubernetes.io/part-of": "modelrail"}}},
+        addons.restricted_namespace(ns),
         {"apiVersion": "v1", "kind": "ServiceAccount",
          "metadata": {"name": SERVICE_ACCOUNT, **meta}},
         {"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "ClusterRole",

@@ -156,11 +156,7 @@ def prometheus_manifests(image: str) -> list[dict[str, Any]]:
     digest = hashlib.sha256(text.encode()).hexdigest()[:16]
     probe = {"httpGet": {"path": "/-/ready", "port": "web"}}
     return [
-        {"apiVersion": "v1", "kind": "Namespace",
-         "metadata": {"name": ns, "labels": {
-             "pod-security.kubernetes.io/enforce": "restricted",
-             "pod-security.kubernetes.io/enforce-version": "latest",
-             "app.kubernetes.io/part-of": "modelrail"}}},
+        addons.restricted_namespace(ns),
         {"apiVersion": "v1", "kind": "ServiceAccount",
          "metadata": {"name": PROMETHEUS, **meta}},
         {"apiVersion": RBAC, "kind": "ClusterRole",

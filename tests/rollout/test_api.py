@@ -23,6 +23,7 @@ FULL: dict[str, Any] = {
                    "maxErrorRateIncrease": 0.005, "maxLabelDisagreement": 0.1,
                    "minRequestsPerStep": 50},
     "failureLimit": 2, "progressDeadlineSeconds": 900, "manualGates": [50], "abort": False,
+    "preTrafficAnalysis": True,
 }
 
 
@@ -44,6 +45,28 @@ def test_a_full_spec_round_trips_through_the_schema_and_the_parser() -> None:
     assert rollout.steps == (5, 25, 50, 100) and rollout.manual_gates == (50,)
     assert rollout.thresholds.min_requests == 50 and rollout.failure_limit == 2
     assert rollout.pre_traffic_analysis
+
+
+def test_pre_traffic_analysis_is_on_unless_the_spec_turns_it_off() -> None:
+    base = {"model": "iris", "version": "2", "steps": [10, 100]}
+    assert api.parse_spec(base).rollout(stable="1").pre_traffic_analysis
+    off = api.parse_spec({**base, "preTrafficAnalysis": False}).rollout(stable="1")
+    assert not off.pre_traffic_analysis
+
+
+def test_kube_start_refuses_the_local_only_flags_by_name() -> None:
+    """With --kube the policy is the ModelRollout's spec: an override flag would be
+    silently ignored, so it is refused before anything is sent to the cluster."""
+    import subprocess
+    import sys
+
+    run = subprocess.run([sys.executable, "-m", "modelrail", "rollout", "start", "--kube",
+                          "--namespace", "x", "--model", "iris:2", "--steps", "10,100",
+                          "--load-users", "4"],
+                         cwd=ROOT, capture_output=True, text=True, timeout=60, check=False)
+    assert run.returncode == ExitCode.INVALID_INPUT, run.stdout + run.stderr
+    assert "--steps, --load-users cannot be used with --kube" in run.stderr, run.stderr
+    assert "ModelRollout's spec" in run.stderr
 
 
 def test_every_field_of_the_type_is_in_the_schema_and_nothing_else() -> None:

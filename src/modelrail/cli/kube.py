@@ -1,7 +1,8 @@
 """`modelrail rollout … --kube`: the same commands and exit codes against a cluster.
 
 The ModelRollout resource is the interface, as `kubectl` would use it: `start` sets
-`spec.version` (and clears `spec.abort`), `promote` sets the annotation
+`spec.version` (and clears `spec.abort`; `--no-pre-traffic` sets
+`spec.preTrafficAnalysis: false`), `promote` sets the annotation
 api.PROMOTE_ANNOTATION to the paused rollout's seq, `abort` sets `spec.abort`; `status`
 and `--wait` read `.status` written by the operator. Kubeconfig ($KUBECONFIG, --kubeconfig)
 or the in-cluster service account; the namespace from --namespace, else
@@ -75,14 +76,31 @@ def summary(obj: dict[str, Any]) -> dict[str, Any]:
             "conditions": [c for c in st.get("conditions") or [] if c.get("status") == "False"]}
 
 
+# `rollout start` flags of local environments only: with --kube the policy is the
+# ModelRollout's spec (the stack's modelrail:rollout, written by `pulumi up`), the sample
+# its `<model>-validation` ConfigMap, the load its Locust Jobs
+LOCAL_ONLY = {"sample": None, "registry": None, "steps": None, "step_seconds": None,
+              "progress_deadline": None, "interval": 3.0, "load_users": 2,
+              "no_grpc_load": False}
+
+
 def start(args: argparse.Namespace, model: str, version: str) -> int:
+    given = [f"--{k.replace('_', '-')}" for k, default in LOCAL_ONLY.items()
+             if getattr(args, k, default) != default]
+    if given:
+        raise InvalidInputError(f"{', '.join(given)} cannot be used with --kube",
+                                where="rollout start", accepted="with --kube: --model, "
+                                "--wait, --timeout, --no-pre-traffic; the policy is the "
+                                "ModelRollout's spec (the stack's modelrail:rollout, applied "
+                                "by `pulumi up`)")
     kube = Kube(args)
     obj = kube.get(model)
     s = summary(obj)
     if s["stable"] == version:
         raise InvalidInputError(f"{model}:{version} is already stable in {kube.ns}",
                                 where="--model", accepted="a different version")
-    kube.patch(model, {"spec": {"version": version, "abort": False}})
+    kube.patch(model, {"spec": {"version": version, "abort": False,
+                                "preTrafficAnalysis": not args.no_pre_traffic}})
     if args.output == "text":
         print(f"rollout of {model}:{version} requested in namespace {kube.ns}")
     if not args.wait:

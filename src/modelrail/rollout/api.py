@@ -87,6 +87,9 @@ class ModelRolloutSpec(_Camel):
     progress_deadline_seconds: int = Field(default=600, ge=30, le=86_400)
     manual_gates: list[Weight] = Field(default_factory=list)
     abort: bool = Field(default=False, description="true: return all traffic to stable now")
+    pre_traffic_analysis: bool = Field(
+        default=True, description="analyse the ready canary (direct load and the model gate) "
+        "before it takes any user traffic; false: judge it on live traffic only")
 
     def policy(self) -> RolloutPolicy:
         """The canary policy, validated by the same rules as a stack's."""
@@ -94,11 +97,11 @@ class ModelRolloutSpec(_Camel):
                              **self.thresholds.model_dump())
 
     def rollout(self, *, stable: str) -> RolloutSpec:
-        """What the engine runs for this resource against the `stable` version; on a
-        cluster every canary is analysed before it takes user traffic."""
+        """What the engine runs for this resource against the `stable` version; unless
+        the spec turns it off, the canary is analysed before it takes user traffic."""
         spec = RolloutSpec.from_policy(self.policy(), model=self.model,
                                        stable_version=stable, canary_version=self.version)
-        return replace(spec, pre_traffic_analysis=True)
+        return replace(spec, pre_traffic_analysis=self.pre_traffic_analysis)
 
     @classmethod
     def from_policy(cls, policy: RolloutPolicy, *, model: str, version: str,

@@ -156,6 +156,19 @@ def test_manual_gate_pauses_until_promoted_without_a_deadline() -> None:
                                                       Phase.PROGRESSING)
 
 
+def test_a_gate_at_the_last_step_pauses_before_the_promotion() -> None:
+    """A gate at 100 % holds the canary at full weight until a person promotes (it used to
+    promote straight through: the gate was only checked between steps)."""
+    drv = Driver(replace(SPEC, manual_gates=(100,)))
+    drv.tick(canary_ready=True)
+    run_to_step_end(drv)  # 10 -> 50
+    run_to_step_end(drv)  # 50 -> 100
+    d = run_to_step_end(drv)
+    assert (d.action, d.weight, drv.status.phase) == (Action.HOLD, 100, Phase.PAUSED)
+    d = drv.tick(measurements=GOOD, resume=True)
+    assert (d.action, drv.status.phase) == (Action.PROMOTE, Phase.PROMOTING)
+
+
 def test_failing_analysis_while_paused_rolls_back() -> None:
     drv = Driver(replace(SPEC, manual_gates=(10,)))
     drv.tick(canary_ready=True)

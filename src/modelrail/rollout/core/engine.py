@@ -199,14 +199,15 @@ def _progressing(spec: RolloutSpec, status: RolloutStatus, obs: Observation) -> 
 
 def _advance(spec: RolloutSpec, status: RolloutStatus, now: float,
              verdict: Verdict | None) -> Decision:
-    if status.step + 1 >= len(spec.steps):
-        return Decision(status.evolve(phase=Phase.PROMOTING, last_progress_at=now,
-                                      message="all steps healthy: promoting"),
-                        Action.PROMOTE, status.weight, verdict)
+    # a gate at a step pauses before leaving it, the last step's before the promotion
     if spec.steps[status.step] in spec.manual_gates and status.phase is not Phase.PAUSED:
         return Decision(status.evolve(phase=Phase.PAUSED, message=f"paused at manual gate "
                                                                   f"{status.weight}%"),
                         Action.HOLD, status.weight, verdict)
+    if status.step + 1 >= len(spec.steps):
+        return Decision(status.evolve(phase=Phase.PROMOTING, last_progress_at=now,
+                                      message="all steps healthy: promoting"),
+                        Action.PROMOTE, status.weight, verdict)
     return _set_step(status, spec, status.step + 1, now)
 
 

@@ -191,3 +191,25 @@ def test_registration_opens_no_network_connection(env: dict[str, str], iris_file
         env={**env, "AUDIT_PROBE": "1"}, capture_output=True, text=True, timeout=60,
         check=False)
     assert json.loads(probe.stdout.split("AUDIT", 1)[1])[0][0] == "socket.getaddrinfo"
+
+
+def test_sample_prints_the_rows_or_the_configmap_the_operator_reads(
+        env: dict[str, str], iris_files: Any) -> None:
+    from modelrail.rollout.kube.platform import SAMPLE_KEY
+
+    model, data, _ = iris_files
+    assert run(["model", "register", str(model), "--data", str(data), "--name", "iris",
+                "--version", "1"], env).returncode == 0
+    rows = run(["model", "sample", "iris:1"], env)
+    assert rows.returncode == 0, rows.stderr
+    held_out = json.loads(rows.stdout)
+    assert held_out and {len(r) for r in held_out} == {4}
+    cm = run(["model", "sample", "iris:1", "--configmap", "modelrail-prod"], env)
+    assert cm.returncode == 0, cm.stderr
+    obj = json.loads(cm.stdout)
+    assert (obj["kind"], obj["metadata"]["name"], obj["metadata"]["namespace"]) == (
+        "ConfigMap", "iris-validation", "modelrail-prod")
+    assert json.loads(obj["data"][SAMPLE_KEY]) == held_out  # what the operator parses
+    missing = run(["model", "sample", "iris:9"], env)
+    assert missing.returncode != 0 and "iris:9" in missing.stderr, missing.stderr
+    assert missing.stdout == ""

@@ -13,91 +13,53 @@ Each rollout's assertions read the cluster: Deployments and their version labels
 routes' weights, the canary's absence afterwards, Jobs (the Locust load), Events, and the
 ModelRollout's status.
 
-Bad candidates exist only in this test's image: versions 90-erroring, 91-slow and
-92-never-ready of iris are copies of iris:2 with faults injected by version
-(MODELRAIL_FAULTS baked into a test image built FROM the real inference image: half the
-requests answered with errors; 400 ms added; a warm-up that fails). iris:3 is the
+The stack and its bad candidates are rollout_stack.py's (shared with
+`benchmarks/rollout.py --platform cluster`): versions 90-erroring, 91-slow and
+92-never-ready of iris are copies of iris:2 with faults injected by version; iris:3 is the
 examples' wrong model (trained on shuffled labels: fast, error-free, wrong).
 """
 
 from __future__ import annotations
 
 import json
-import shutil
-import subprocess
-import sys
 import threading
 import time
 from collections import Counter
 from collections.abc import Iterator
-from dataclasses import dataclass
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import pytest
 
-from modelrail.cluster import node, pki
-from modelrail.cluster.api import Api
-from modelrail.images import podman
-from modelrail.images.build import build_image, build_inference
-from modelrail.infra import deploy
+from modelrail.cluster import node
 from modelrail.infra.config import load_stack
 from modelrail.models.register import register_estimator
 from modelrail.models.registry import Registry
 from modelrail.rollout import api as rollout_api
 from modelrail.rollout.load.client import ClientTraffic
-from modelrail.serving.config import ModelRef
-from tests.cluster.test_pulumi import ROOT, get_json, kubectl
+from tests.cluster.rollout_stack import (
+    BODY,
+    ERRORING,
+    NEVER_READY,
+    NS,
+    POLICY,
+    SLOW,
+    STACK,
+    Env,
+    GrpcTraffic,
+    build_images,
+    ci,
+    rollout_stack,
+    start_rollout,
+    status_of,
+    version_of,
+    weights,
+)
+from tests.cluster.test_pulumi import get_json, kubectl
 from tests.conftest import Example
-from tests.rollout.envs import write_stack
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(900)]
-STACK = "rollouts"
-NS = "modelrail-rollouts"
-IMAGE = "localhost/modelrail/inference:rollouts-test"
-# copies of iris:2, faulty by version
-ERRORING, SLOW, NEVER_READY = "90-erroring", "91-slow", "92-never-ready"
-FAULTS = {f"iris:{ERRORING}": {"error_rate": 0.5}, f"iris:{SLOW}": {"latency_ms": 400},
-          f"iris:{NEVER_READY}": {"never_ready": True}}
-POLICY = {
-    "steps": [50, 100], "stepSeconds": 10, "analysisIntervalSeconds": 5,
-    "maxErrorRate": 0.05, "maxP99LatencyMs": 300, "maxLatencyRatio": 5.0,
-    "maxErrorRateIncrease": 0.02, "maxLabelDisagreement": 0.05, "minRequestsPerStep": 20,
-    "failureLimit": 1, "progressDeadlineSeconds": 300, "manualGates": []}
-BODY = {"inputs": [{"name": "input", "datatype": "FP32", "shape": [1, 4],
-                    "data": [5.1, 3.5, 1.4, 0.2]}]}
-
-
-@dataclass
-class Env:
-    state_dir: Path
-    host: str
-    http: str  # the Gateway's address:port for HTTPRoutes
-    grpc: str
-    ci_kubeconfig: Path
-    target: deploy.Target
-
-
-def _images(examples: dict[str, Example], registry_dir: Path, work: Path) -> list[str]:
-    """The stack's inference image (iris 1–4, faults by version) and the others."""
-    ex = examples["iris:2"]
-    registry = Registry(registry_dir)
-    for version in (ERRORING, SLOW, NEVER_READY):
-        register_estimator(estimator=ex.estimator, split=ex.split, name="iris",
-                           version=version, registry=registry, source_sha256="test")
-    built = build_inference([ModelRef("iris", v) for v in ("1", "2", "3", ERRORING, SLOW,
-                                                            NEVER_READY)])
-    context = work / "faults"
-    context.mkdir()
-    containerfile = context / "Containerfile"
-    containerfile.write_text(f"FROM {built.ref}\nENV MODELRAIL_FAULTS='{json.dumps(FAULTS)}'\n")
-    podman.build(context, containerfile=containerfile, tag=IMAGE,
-                 labels=podman.owner_labels())
-    dev = load_stack("dev", ROOT)
-    build_image("controller", tags=(dev.controller_image,))
-    build_image("loadtest", tags=(dev.loadtest_image,))
-    return [IMAGE, dev.controller_image, dev.loadtest_image]
 
 
 @pytest.fixture(scope="module")
@@ -105,97 +67,15 @@ def env(cluster: tuple[Path, Any, str], examples: dict[str, Example], registry_d
         tmp_path_factory: pytest.TempPathFactory) -> Iterator[Env]:
     state_dir = cluster[0]
     work = tmp_path_factory.mktemp("rollouts")
-    node.up(state_dir, images_to_import=_images(examples, registry_dir, work))
-    project = work / "project"
-    write_stack(project, STACK, namespace=NS, image=IMAGE, rollout=POLICY)
-    shutil.copy2(ROOT / "Pulumi.yaml", project)
-    target = deploy.Target(project=project, stack=STACK,
-                           kubeconfig=state_dir / "admin.kubeconfig", backend=work / "be")
-    result = deploy.up(target)
-    try:
-        outputs = result["outputs"]
-        sample = {"apiVersion": "v1", "kind": "ConfigMap",
-                  "metadata": {"name": "iris-validation", "namespace": NS},
-                  "data": {"rows.json": json.dumps(
-                      examples["iris:1"].split.X_test.tolist())}}
-        with Api(pki.Pki(state_dir / "pki")) as admin:
-            admin.create(f"/api/v1/namespaces/{NS}/configmaps", sample)
-        # CI's credentials as the platform hands them out: a token of the CI account
-        ci = work / "ci.kubeconfig"
-        run = subprocess.run([sys.executable, "-m", "modelrail", "cluster", "kubeconfig",
-                              "--state-dir", str(state_dir), "--service-account",
-                              f"{NS}/modelrail-ci", "--out", str(ci)],
-                             capture_output=True, text=True, timeout=60, check=False)
-        assert run.returncode == 0, run.stdout + run.stderr
-        yield Env(state_dir=state_dir, host=outputs["models"]["iris"]["host"],
-                  http=outputs["gateway"]["http"], grpc=outputs["gateway"]["grpc"],
-                  ci_kubeconfig=ci, target=target)
-    finally:
-        deploy.destroy(target)
-
-
-class GrpcTraffic:
-    """gRPC clients through the Gateway's GRPCRoute (tritonclient), counted by outcome."""
-
-    def __init__(self, target: str, host: str, *, max_seconds: float) -> None:
-        self.target, self.host, self.max_seconds = target, host, max_seconds
-        self.results: Counter[str] = Counter()
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, daemon=True)
-
-    def start(self) -> GrpcTraffic:
-        self._thread.start()
-        return self
-
-    def stop(self) -> Counter[str]:
-        self._stop.set()
-        self._thread.join(30)
-        return self.results
-
-    def _run(self) -> None:
-        import tritonclient.grpc as tgrpc
-        from tritonclient.utils import InferenceServerException
-
-        client = tgrpc.InferenceServerClient(
-            self.target, channel_args=[("grpc.default_authority", self.host)])
-        x = np.asarray([BODY["inputs"][0]["data"]], dtype=np.float32)
-        started = time.monotonic()
-        while not self._stop.is_set() and time.monotonic() - started < self.max_seconds:
-            inp = tgrpc.InferInput("input", list(x.shape), "FP32")
-            inp.set_data_from_numpy(x)
-            try:
-                client.infer("iris", [inp], client_timeout=10)
-                self.results["OK"] += 1
-            except InferenceServerException as exc:
-                self.results[str(exc.status())] += 1
-            time.sleep(0.02)
-        client.close()
-
-
-def start_rollout(env: Env, version: str, *, timeout: float = 420) -> tuple[int, str]:
-    """`modelrail rollout start --kube --wait` as CI runs it, with CI's kubeconfig."""
-    run = subprocess.run(
-        [sys.executable, "-m", "modelrail", "rollout", "start", "--kube",
-         "--kubeconfig", str(env.ci_kubeconfig), "--namespace", NS,
-         "--model", f"iris:{version}", "--wait", "--timeout", str(timeout)],
-        capture_output=True, text=True, timeout=timeout + 60, check=False, cwd=ROOT)
-    return run.returncode, run.stdout + run.stderr
-
-
-def _weights(env: Env) -> dict[str, list[int]]:
-    out = {}
-    for kind in ("httproute", "grpcroute"):
-        route = get_json(env.state_dir, "-n", NS, kind, "iris")
-        out[kind] = [b["weight"] for b in route["spec"]["rules"][0]["backendRefs"]]
-    return out
-
-
-def _version(env: Env, track: str) -> str | None:
-    run = kubectl(env.state_dir, "-n", NS, "get", "deployment", f"iris-{track}", "-o",
-                  "json", check=False)
-    if run.returncode != 0:
-        return None
-    return str(json.loads(run.stdout)["metadata"]["labels"]["modelrail.dev/model-version"])
+    ex = examples["iris:2"]
+    for version in (ERRORING, SLOW, NEVER_READY):
+        register_estimator(estimator=ex.estimator, split=ex.split, name="iris",
+                           version=version, registry=Registry(registry_dir),
+                           source_sha256="test")
+    images = build_images(("1", "2", "3", ERRORING, SLOW, NEVER_READY), work)
+    node.up(state_dir, images_to_import=images)
+    with rollout_stack(state_dir, work, registry_dir) as env:
+        yield env
 
 
 def _spec_writers(env: Env, hpa: str) -> tuple[Any, set[str]]:
@@ -226,15 +106,15 @@ def _under_load(env: Env, version: str) -> tuple[int, str, Counter[object], Coun
 
 
 def test_a_good_version_is_promoted_with_no_failed_request(env: Env) -> None:
-    assert _version(env, "stable") == "1"
+    assert version_of(env, "stable") == "1"
     stable_hpa = _spec_writers(env, "iris-stable")
     code, out, rest, grpc = _under_load(env, "2")
     assert code == rollout_api.exit_code_of("Succeeded") == 0, out
-    assert _version(env, "stable") == "2"
-    assert _version(env, "canary") is None  # deleted, and its HPA with it
+    assert version_of(env, "stable") == "2"
+    assert version_of(env, "canary") is None  # deleted, and its HPA with it
     assert kubectl(env.state_dir, "-n", NS, "get", "hpa", "iris-canary",
                    check=False).returncode != 0
-    assert _weights(env) == {"httproute": [100, 0], "grpcroute": [100, 0]}
+    assert weights(env) == {"httproute": [100, 0], "grpcroute": [100, 0]}
     status = get_json(env.state_dir, "-n", NS, "modelrollout", "iris")["status"]
     assert status["phase"] == "Succeeded" and status["stableVersion"] == "2"
     acts = [(h["action"], h["weight"]) for h in status["rollout"]["status"]["history"]
@@ -257,12 +137,12 @@ def test_a_good_version_is_promoted_with_no_failed_request(env: Env) -> None:
 
 
 def test_an_erroring_version_is_rolled_back_with_its_verdict(env: Env) -> None:
-    stable = _version(env, "stable")
+    stable = version_of(env, "stable")
     code, out, rest, _grpc = _under_load(env, ERRORING)
     assert code == rollout_api.exit_code_of("RolledBack") != 0, out
-    assert _version(env, "stable") == stable
-    assert _version(env, "canary") is None
-    assert _weights(env) == {"httproute": [100, 0], "grpcroute": [100, 0]}
+    assert version_of(env, "stable") == stable
+    assert version_of(env, "canary") is None
+    assert weights(env) == {"httproute": [100, 0], "grpcroute": [100, 0]}
     status = get_json(env.state_dir, "-n", NS, "modelrollout", "iris")["status"]
     assert status["phase"] == "RolledBack", status
     failed = [ch for ch in status["lastAnalysis"]["checks"] if ch["status"] == "FAIL"]
@@ -273,22 +153,17 @@ def test_an_erroring_version_is_rolled_back_with_its_verdict(env: Env) -> None:
     assert (total - rest[200]) / total < 0.3, rest
 
 
-def _status(env: Env) -> dict[str, Any]:
-    status: dict[str, Any] = get_json(env.state_dir, "-n", NS, "modelrollout", "iris")["status"]
-    return status
-
-
 @pytest.mark.parametrize(("version", "reason"), [(SLOW, "latency: FAIL"),
                                                   ("3", "model gate: FAIL")])
 def test_a_slow_and_a_wrong_version_are_rolled_back(env: Env, version: str,
                                                     reason: str) -> None:
-    stable = _version(env, "stable")
+    stable = version_of(env, "stable")
     code, out, rest, grpc = _under_load(env, version)
     assert code == rollout_api.exit_code_of("RolledBack"), out
-    status = _status(env)
+    status = status_of(env)
     assert status["phase"] == "RolledBack" and reason in status["message"], status["message"]
-    assert _version(env, "stable") == stable and _version(env, "canary") is None
-    assert _weights(env) == {"httproute": [100, 0], "grpcroute": [100, 0]}
+    assert version_of(env, "stable") == stable and version_of(env, "canary") is None
+    assert weights(env) == {"httproute": [100, 0], "grpcroute": [100, 0]}
     # caught before any user request reached it (the pre-traffic analysis), so no client
     # saw a failure
     assert set(rest) == {200} and set(grpc) == {"OK"}, (rest, grpc)
@@ -297,7 +172,7 @@ def test_a_slow_and_a_wrong_version_are_rolled_back(env: Env, version: str,
 def test_a_version_that_never_becomes_ready_fails_at_the_deadline(env: Env) -> None:
     """No data is not success: the rollout holds with traffic on stable, then fails at
     its progress deadline (shortened for this test by patching the spec as an admin)."""
-    stable = _version(env, "stable")
+    stable = version_of(env, "stable")
     kubectl(env.state_dir, "-n", NS, "patch", "modelrollout", "iris", "--type", "merge",
             "-p", json.dumps({"spec": {"progressDeadlineSeconds": 45}}))
     try:
@@ -307,10 +182,10 @@ def test_a_version_that_never_becomes_ready_fails_at_the_deadline(env: Env) -> N
                 "-p", json.dumps({"spec": {"progressDeadlineSeconds":
                                            POLICY["progressDeadlineSeconds"]}}))
     assert code == rollout_api.exit_code_of("Failed"), out
-    status = _status(env)
+    status = status_of(env)
     assert status["phase"] == "Failed" and "ready" in status["message"], status["message"]
-    assert _version(env, "stable") == stable and _version(env, "canary") is None
-    assert _weights(env) == {"httproute": [100, 0], "grpcroute": [100, 0]}
+    assert version_of(env, "stable") == stable and version_of(env, "canary") is None
+    assert weights(env) == {"httproute": [100, 0], "grpcroute": [100, 0]}
     assert set(rest) == {200} and set(grpc) == {"OK"}, (rest, grpc)
 
 
@@ -328,7 +203,7 @@ def _acting_operator(env: Env) -> str:
 
 
 def test_the_acting_operator_deleted_mid_rollout_the_other_finishes_once(env: Env) -> None:
-    stable = _version(env, "stable")
+    stable = version_of(env, "stable")
     target = "1" if stable != "1" else "2"
     since = time.time()
     result: dict[str, Any] = {}
@@ -336,15 +211,15 @@ def test_the_acting_operator_deleted_mid_rollout_the_other_finishes_once(env: En
         ("code", "out", "rest", "grpc"), _under_load(env, target), strict=True)))
     runner.start()
     deadline = time.monotonic() + 240
-    while _status(env).get("canaryWeight", 0) < 50 or _status(env)["phase"] != "Progressing":
-        assert time.monotonic() < deadline, _status(env)
+    while status_of(env).get("canaryWeight", 0) < 50 or status_of(env)["phase"] != "Progressing":
+        assert time.monotonic() < deadline, status_of(env)
         time.sleep(1)
     victim = _acting_operator(env)
     kubectl(env.state_dir, "-n", NS, "delete", "pod", victim, "--wait=false")
-    print(f"\ndeleted the acting operator {victim} at weight {_status(env)['canaryWeight']}")
+    print(f"\ndeleted the acting operator {victim} at weight {status_of(env)['canaryWeight']}")
     runner.join(600)
     assert result["code"] == 0, result["out"]
-    assert _version(env, "stable") == target and _version(env, "canary") is None
+    assert version_of(env, "stable") == target and version_of(env, "canary") is None
     assert set(result["rest"]) == {200} and set(result["grpc"]) == {"OK"}, result
     # each action once, though two operators took part
     items = get_json(env.state_dir, "-n", NS, "events",
@@ -361,6 +236,139 @@ def _when(event: dict[str, Any]) -> float:
     stamp = event.get("lastTimestamp") or event.get("eventTime") or \
         event["metadata"]["creationTimestamp"]
     return datetime.fromisoformat(str(stamp).replace("Z", "+00:00")).timestamp()
+
+
+def ci_status(env: Env) -> dict[str, Any]:
+    run = ci(env, "status", "--model", "iris", "--output", "json")
+    assert run.returncode == 0, run.stdout + run.stderr
+    data: dict[str, Any] = json.loads(run.stdout)
+    return data
+
+
+@contextmanager
+def manual_gate_at(env: Env, weight: int) -> Iterator[None]:
+    """The ModelRollout pauses at `weight` for a person (patched as an admin, as a
+    platform engineer changes the stack's manualGates; restored afterwards)."""
+    def gates(value: list[int]) -> None:
+        kubectl(env.state_dir, "-n", NS, "patch", "modelrollout", "iris", "--type",
+                "merge", "-p", json.dumps({"spec": {"manualGates": value}}))
+    gates([weight])
+    try:
+        yield
+    finally:
+        gates([])
+
+
+def _paused_at(env: Env, version: str, weight: int, *, timeout: float = 240) -> None:
+    deadline = time.monotonic() + timeout
+    while True:
+        s = ci_status(env)
+        if s["canary"] == version and s["phase"] == "Paused" and s["weight"] == weight:
+            assert s["exit_code"] is None, s  # not over: no verdict yet
+            return
+        assert s["phase"] not in ("RolledBack", "Failed", "Aborted") or \
+            s["canary"] != version, s
+        assert time.monotonic() < deadline, s
+        time.sleep(1)
+
+
+def _hpa(env: Env, name: str) -> dict[str, Any]:
+    hpa: dict[str, Any] = get_json(env.state_dir, "-n", NS, "hpa", name)
+    return hpa
+
+
+def test_the_canary_hpa_scales_under_a_load_ramp_and_the_stable_hpa_is_untouched(
+        env: Env) -> None:
+    """Paused at a manual gate at 100 %, the canary takes a rising client load through the
+    Gateway; the real HPA controller, fed by metrics-server, scales it past what the
+    analysis' own load asked for, up to its ceiling for that weight, while the operator
+    leaves the stable HPA's spec alone. Then CI passes the gate (`rollout promote --kube`)
+    and `status --watch` exits with the verdict."""
+    from modelrail.rollout.kube.platform import canary_max_replicas
+
+    cfg = load_stack(STACK, env.target.project)
+    stable = version_of(env, "stable")
+    target = "2" if stable != "2" else "1"
+    stable_hpa = _spec_writers(env, "iris-stable")
+    with manual_gate_at(env, 100):
+        started = ci(env, "start", "--model", f"iris:{target}")
+        assert started.returncode == 0, started.stdout + started.stderr
+        _paused_at(env, target, 100)
+        canary = _hpa(env, "iris-canary")
+        ceiling = canary_max_replicas(cfg, 100)
+        assert (canary["spec"]["minReplicas"], canary["spec"]["maxReplicas"]) == (1, ceiling)
+        before = int((canary.get("status") or {}).get("desiredReplicas") or 1)
+        assert before < ceiling, canary.get("status")  # the ramp has something to do
+        # the ramp: one more client (2 threads) every 10 s, at most 4; bounded in time
+        clients: list[ClientTraffic] = []
+        deadline = time.monotonic() + 240
+        seen: list[tuple[float, int, int, Any]] = []
+        try:
+            while True:
+                if len(clients) < 4 and len(seen) % 10 == 0:
+                    clients.append(ClientTraffic(
+                        f"http://{env.http}/v2/models/iris/infer", BODY,
+                        headers={"Host": env.host}, threads=2, pause=0,
+                        max_seconds=300).start())
+                st = _hpa(env, "iris-canary").get("status") or {}
+                cpu = [m["resource"]["current"].get("averageUtilization")
+                       for m in st.get("currentMetrics") or []
+                       if m.get("type") == "Resource"]
+                seen.append((time.monotonic(), len(clients),
+                             int(st.get("desiredReplicas") or 0), cpu))
+                deployment = get_json(env.state_dir, "-n", NS, "deployment", "iris-canary")
+                ready = int((deployment.get("status") or {}).get("readyReplicas") or 0)
+                if ready >= ceiling:
+                    break
+                assert time.monotonic() < deadline, (seen[-5:], st)
+                time.sleep(1)
+        finally:
+            results: Counter[object] = Counter()
+            for client in clients:
+                results.update(client.stop())
+        print(f"\ncanary HPA from {before} replicas, (t, clients, desired, cpu %) every "
+              f"10 s: {[(round(t - seen[0][0]), n, d, c) for t, n, d, c in seen[::10]]}"
+              f"\nclients: {dict(results)}")
+        # scaled by the HPA controller (its Events), within the weight's ceiling
+        assert _hpa(env, "iris-canary")["spec"]["maxReplicas"] == ceiling
+        events = get_json(env.state_dir, "-n", NS, "events", "--field-selector",
+                          "involvedObject.name=iris-canary,"
+                          "involvedObject.kind=HorizontalPodAutoscaler")["items"]
+        rescales = [e["message"] for e in events if e.get("reason") == "SuccessfulRescale"]
+        assert any(f"New size: {ceiling}" in m for m in rescales), rescales
+        # the operator left the stable HPA's spec alone (its writers unchanged too)
+        assert _spec_writers(env, "iris-stable") == stable_hpa
+        # and no client request failed while the canary scaled
+        assert set(results) == {200} and results[200] > 200, results
+        assert status_of(env)["phase"] == "Paused"  # still judged healthy under the ramp
+        promoted = ci(env, "promote", "--model", "iris")
+        assert promoted.returncode == 0, promoted.stdout + promoted.stderr
+        watched = ci(env, "status", "--model", "iris", "--watch", "--timeout", "300",
+                     timeout=300)
+    assert watched.returncode == 0, watched.stdout + watched.stderr
+    assert version_of(env, "stable") == target and version_of(env, "canary") is None
+    assert weights(env) == {"httproute": [100, 0], "grpcroute": [100, 0]}
+
+
+def test_ci_aborts_a_paused_rollout_and_traffic_returns_to_stable(env: Env) -> None:
+    stable = version_of(env, "stable")
+    target = "2" if stable != "2" else "1"
+    with manual_gate_at(env, 50):
+        started = ci(env, "start", "--model", f"iris:{target}")
+        assert started.returncode == 0, started.stdout + started.stderr
+        _paused_at(env, target, 50)
+        assert weights(env) == {"httproute": [50, 50], "grpcroute": [50, 50]}
+        aborted = ci(env, "abort", "--model", "iris")
+        assert aborted.returncode == 0, aborted.stdout + aborted.stderr
+        watched = ci(env, "status", "--model", "iris", "--watch", "--timeout", "120", timeout=120)
+    assert watched.returncode == rollout_api.exit_code_of("Aborted") == 11, \
+        watched.stdout + watched.stderr
+    assert status_of(env)["phase"] == "Aborted"
+    assert version_of(env, "stable") == stable and version_of(env, "canary") is None
+    assert weights(env) == {"httproute": [100, 0], "grpcroute": [100, 0]}
+    # promote is refused once nothing is paused: a clear error, exit 2
+    late = ci(env, "promote", "--model", "iris")
+    assert late.returncode == 2 and "not paused" in late.stderr, late.stdout + late.stderr
 
 
 def _granted(rules: list[dict[str, Any]]) -> set[tuple[str, str, str]]:

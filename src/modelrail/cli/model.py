@@ -1,4 +1,5 @@
-"""`modelrail model …`: train examples, register (convert + parity gate), list, show, verify.
+"""`modelrail model …`: train examples, register (convert + parity gate), list, show, verify,
+and `sample` (a version's validation sample, or the ConfigMap a cluster reads it from).
 
 Thin: parses flags, calls modelrail.models, prints text or JSON.
 
@@ -58,6 +59,16 @@ def add_parser(sub: Any) -> None:
     add_output_flag(ls)
     ls.set_defaults(handler=_list)
 
+    sm = msub.add_parser("sample", help="print a version's registered validation sample "
+                                        "(JSON rows), or the ConfigMap a cluster's "
+                                        "operator reads it from")
+    sm.add_argument("ref", metavar="NAME:VERSION")
+    sm.add_argument("--configmap", metavar="NAMESPACE", default=None,
+                    help="print ConfigMap <name>-validation in NAMESPACE (for `kubectl "
+                         "apply -f -`) instead of the bare rows")
+    registry_flag(sm)
+    sm.set_defaults(handler=_sample)
+
     for action, handler, text in (("show", _show, "print a model's card"),
                                   ("verify", _verify, "re-hash a model's stored copies")):
         q = msub.add_parser(action, help=text)
@@ -114,6 +125,30 @@ def _list(args: argparse.Namespace) -> int:
 def headline_metric(card: ModelCard) -> str:
     key = "accuracy" if card.task == "classification" else "r2"
     return f"{key}={card.metrics[key]:.3f}"
+
+
+# a ConfigMap holds at most 1 MiB (the API server refuses more)
+CONFIGMAP_LIMIT = 1024 * 1024
+
+
+def _sample(args: argparse.Namespace) -> int:
+    from modelrail.errors import InvalidInputError
+    from modelrail.infra.manifests import validation_configmap
+
+    name, version = parse_ref(args.ref)
+    rows = parse_registry_flag(args.registry).sample(name, version)
+    if args.configmap is None:
+        print(json.dumps(rows))
+        return 0
+    manifest = validation_configmap(name, args.configmap, rows)
+    text = json.dumps(manifest, indent=2)
+    if len(text.encode()) > CONFIGMAP_LIMIT:
+        raise InvalidInputError(f"the sample of {name}:{version} is {len(text.encode())} "
+                                "bytes as a ConfigMap", where=args.ref,
+                                accepted=f"at most {CONFIGMAP_LIMIT} bytes (1 MiB): register "
+                                         "a smaller held-out sample")
+    print(text)
+    return 0
 
 
 def _show(args: argparse.Namespace) -> int:

@@ -282,6 +282,24 @@ def autoscaler(cfg: StackConfig, model: str, track: str = "stable",
                                                      "periodSeconds": 60}]}}}}
 
 
+# the validation sample a cluster's operator replays (model gate) and sends as load:
+# ConfigMap `<model>-validation`, key rows.json, a JSON list of rows
+VALIDATION_KEY = "rows.json"
+
+
+def validation_name(model: str) -> str:
+    return f"{model}-validation"
+
+
+def validation_configmap(model: str, namespace: str, rows: list[list[float]]) -> Obj:
+    """The ConfigMap of a model's validation sample (`modelrail model sample
+    --configmap`), published by the platform beside the stack."""
+    return {"apiVersion": "v1", "kind": "ConfigMap",
+            "metadata": {"name": validation_name(model), "namespace": namespace,
+                         "labels": {**PART_OF, "app.kubernetes.io/name": model}},
+            "data": {VALIDATION_KEY: json.dumps(rows)}}
+
+
 def disruption_budget(cfg: StackConfig, model: str) -> Obj:
     return {"apiVersion": "policy/v1", "kind": "PodDisruptionBudget",
             "metadata": _meta(f"{model}-stable", cfg, labels=model_labels(model, "stable")),

@@ -37,7 +37,7 @@ USER_AGENT = "modelrail-operator"
 # where the operator reaches a track's Service (REST) and its gRPC port, in the cluster
 SERVICE_URL = "http://{service}.{namespace}.svc:" + str(manifests.HTTP_PORT)
 GRPC_TARGET = "{service}.{namespace}.svc:" + str(manifests.GRPC_PORT)
-SAMPLE_KEY = "rows.json"  # the key of `<model>-validation` holding the sample's rows
+SAMPLE_KEY = manifests.VALIDATION_KEY  # the key of `<model>-validation`: the sample's rows
 
 
 class InvalidObjectError(ModelrailError):
@@ -300,7 +300,7 @@ class KubePlatform:
         """The rows of ConfigMap `<model>-validation` (key rows.json): what the model gate
         replays and the load Jobs send. Missing or unreadable: an InvalidObjectError that
         says so — there is no other sample to fall back on."""
-        name = f"{model}-validation"
+        name = manifests.validation_name(model)
         where = f"ConfigMap {self.ns}/{name}, key {SAMPLE_KEY}"
         accepted = ("a JSON list of equally long rows of numbers (the registry's validation "
                     "sample of the model)")

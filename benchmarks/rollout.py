@@ -6,6 +6,7 @@ twice: with the pre-traffic analysis `rollout start` does by default (the ready 
 loaded directly and gated before any user request), and with live-traffic analysis only.
 
     .venv/bin/python benchmarks/rollout.py [--runtime process|container|both]
+                                            [--platform local|cluster|both]
 
 Real processes, real Traefik, real Locust, continuous client load through the proxy; the
 rollout runs as the environment's daemon runs it (local/runner.py: the rollout controller
@@ -13,7 +14,9 @@ over the local platform, built from the rollout's files), the platform supervise
 second in the same loop. With the container runtime every instance is a container of the
 real inference image, run as the dev stack's Deployment says (podman+runc, on the
 internal `modelrail` network). Loopback and that network only, bounded in time. Results:
-.modelrail/bench/rollout.json and the rollout section of BENCHMARKS.md.
+.modelrail/bench/rollout.json and the rollout section of BENCHMARKS.md. `--platform cluster`
+measures the same on a real cluster (rollout_cluster.py): .modelrail/bench/rollout-cluster.json
+and the rollout-cluster section.
 """
 
 from __future__ import annotations
@@ -155,13 +158,32 @@ def main() -> int:
     import argparse
 
     p = argparse.ArgumentParser()
+    p.add_argument("--platform", choices=("local", "cluster", "both"), default="local",
+                   help="local: the local platform (--runtime); cluster: a 5-node cluster "
+                        "with the operator, the Gateway and `rollout start --kube` "
+                        "(root; upstream binaries built)")
     p.add_argument("--runtime", choices=("process", "container", "both"), default="both")
     args = p.parse_args()
     rows, wrong = prepare()
+    if args.platform in ("local", "both"):
+        local(args.runtime, rows, wrong)
+    if args.platform in ("cluster", "both"):
+        from benchmarks import rollout_cluster
+
+        work = WORK / "cluster"
+        shutil.rmtree(work, ignore_errors=True)
+        work.mkdir(parents=True)
+        runs = rollout_cluster.run(work, wrong)
+        (WORK / "rollout-cluster.json").write_text(json.dumps(runs, indent=2))
+        write_section("rollout-cluster", cluster_section(runs))
+    return 0
+
+
+def local(runtime: str, rows: np.ndarray, wrong: str) -> None:
     images: list[str | None] = []
-    if args.runtime in ("process", "both"):
+    if runtime in ("process", "both"):
         images.append(None)
-    if args.runtime in ("container", "both"):
+    if runtime in ("container", "both"):
         from modelrail.images.build import build_inference
 
         images.append(build_inference([ModelRef("iris", "1"), ModelRef("iris", "2"),
@@ -178,12 +200,11 @@ def main() -> int:
             ]
         runs.append(scenario("never-ready", rows, replace(pre, progress_deadline_seconds=15),
                              {"iris:2": {"never_ready": True}}, image))
-    if args.runtime != "both" and (WORK / "rollout.json").is_file():
+    if runtime != "both" and (WORK / "rollout.json").is_file():
         # keep the other runtime's rows of the last run (rows from before the column
         # existed were processes)
         earlier = json.loads((WORK / "rollout.json").read_text())
-        runs = [r for r in earlier if r.get("runtime", "process") != args.runtime
-                ] + runs
+        runs = [r for r in earlier if r.get("runtime", "process") != runtime] + runs
         for r in runs:
             r.setdefault("runtime", "process")
     (WORK / "rollout.json").write_text(json.dumps(runs, indent=2))
@@ -192,8 +213,12 @@ def main() -> int:
              "continuous client load through Traefik (one client, ~5 ms between requests) "
              "plus Locust per analysis interval. Targets: rollback within 30 s of first "
              "canary traffic, blast radius under 0.5 %, zero failed requests for a good "
-             "canary.", "",
-             "| runtime | candidate | analysis | outcome | start → end | first traffic → end "
+             "canary.", "", *_table(runs)]
+    write_section("rollout", "\n".join(lines) + "\n")
+
+
+def _table(runs: list[dict[str, Any]]) -> list[str]:
+    lines = ["| runtime | candidate | analysis | outcome | start → end | first traffic → end "
              "| client requests | failed | blast radius | max weight propagation |",
              "|---|---|---|---|---|---|---|---|---|---|"]
     for r in runs:
@@ -207,8 +232,28 @@ def main() -> int:
                      f"{'–' if se is None else f'{se:.1f} s'} | {first} | {r['requests']} | "
                      f"{r['failed']} | {'–' if br is None else f'{br:.3%}'} | "
                      f"{'–' if wp is None else f'{wp:.2f} s'} |")
-    write_section("rollout", "\n".join(lines) + "\n")
-    return 0
+    return lines
+
+
+def cluster_section(runs: list[dict[str, Any]]) -> str:
+    lines = ["## Rollouts on the cluster (`benchmarks/rollout.py --platform cluster`)", "",
+             "A 5-node cluster (`modelrail cluster up`), the `rollouts` stack applied by "
+             "`pulumi up` (steps 50/100 %, 10 s per step, 5 s analysis interval), the "
+             "operator in the cluster, `modelrail rollout start --kube --wait` with the CI "
+             "ServiceAccount's token. Two REST clients through the Gateway (Traefik, "
+             "HTTPRoute; ~5 ms between requests each) record every answer's status and "
+             "model version. Weight propagation: the HTTPRoute's first canary weight "
+             "written → the first client answer from the canary. The faulty candidates: "
+             "50 % errors, +400 ms, a model trained on shuffled labels, a warm-up that "
+             "fails (progress deadline 45 s).", "", *_table(runs), "",
+             "Anchors, as their documentation configures them (minutes, not seconds):",
+             "- **Flagger**: `analysis.interval` 1 m (the default) and `threshold: 5` "
+             "failed checks before rollback, as in its tutorials: a canary failing from "
+             "its first check is rolled back after about **5 min** of traffic.",
+             "- **Argo Rollouts**: the background-analysis example measures the success "
+             "rate every 5 m with `failureLimit: 3`: about **10–15 min** of a failing "
+             "canary before the rollout aborts.", ""]
+    return "\n".join(lines)
 
 
 if __name__ == "__main__":

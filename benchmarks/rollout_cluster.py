@@ -111,7 +111,7 @@ def run(work: Path, wrong: str) -> list[dict[str, Any]]:
     from modelrail.models.registry import Registry
     from modelrail.models.train import load_spec, train_all
     from tests.cluster import rollout_stack as rs
-    from tests.cluster.test_pulumi import kubectl
+    from tests.cluster.kubectl import kubectl
 
     root = Path(__file__).resolve().parents[1]
     if netns.exists():

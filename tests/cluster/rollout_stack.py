@@ -36,7 +36,7 @@ from modelrail.images.build import build_image, build_inference
 from modelrail.infra import deploy
 from modelrail.infra.config import load_stack
 from modelrail.serving.config import ModelRef
-from tests.cluster.test_pulumi import ROOT, get_json, kubectl
+from tests.cluster.kubectl import ROOT, get_json, kubectl
 from tests.rollout.envs import write_stack
 
 STACK = "rollouts"

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import json
 import shutil
-import subprocess
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -30,24 +29,11 @@ from modelrail.images.build import build_image, build_inference
 from modelrail.infra import deploy, manifests
 from modelrail.infra.config import StackConfig, load_stack
 from modelrail.serving.config import ModelRef
+from tests.cluster.kubectl import ROOT, get_json, kubectl
 from tests.conftest import Example
 
 pytestmark = pytest.mark.slow
-ROOT = Path(__file__).resolve().parents[2]
 STACK = "dev"
-
-
-def kubectl(state_dir: Path, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
-    run = subprocess.run([str(c.upstream_bin() / "kubectl"), "--kubeconfig",
-                          str(state_dir / "admin.kubeconfig"), *args],
-                         capture_output=True, text=True, timeout=120, check=False)
-    if check and run.returncode != 0:
-        raise AssertionError(f"kubectl {' '.join(args)}: {run.stderr}")
-    return run
-
-
-def get_json(state_dir: Path, *args: str) -> Any:
-    return json.loads(kubectl(state_dir, "get", *args, "-o", "json").stdout)
 
 
 def images_of(cfg: StackConfig, state_dir: Path) -> None:

@@ -38,6 +38,7 @@ from modelrail.models.register import register_estimator
 from modelrail.models.registry import Registry
 from modelrail.rollout import api as rollout_api
 from modelrail.rollout.load.client import ClientTraffic
+from tests.cluster.kubectl import get_json, kubectl
 from tests.cluster.rollout_stack import (
     BODY,
     ERRORING,
@@ -56,7 +57,6 @@ from tests.cluster.rollout_stack import (
     version_of,
     weights,
 )
-from tests.cluster.test_pulumi import get_json, kubectl
 from tests.conftest import Example
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(900)]

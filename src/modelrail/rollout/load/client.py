@@ -23,6 +23,8 @@ class ClientTraffic:
         self.headers = headers or {}  # e.g. the route's Host through a gateway
         self.pause, self.max_seconds = pause, max_seconds
         self.results: Counter[object] = Counter()  # HTTP status, or the exception's name
+        # (monotonic time the request was sent, its outcome) of every request that failed
+        self.failures: list[tuple[float, object]] = []
         self._lock = threading.Lock()
         self._stop = threading.Event()
         self._threads = [threading.Thread(target=self._run, daemon=True)
@@ -52,6 +54,7 @@ class ClientTraffic:
         with httpx.Client() as client:
             while not self._stop.is_set() and time.monotonic() - started < self.max_seconds:
                 outcome: object
+                sent = time.monotonic()
                 try:
                     outcome = client.post(self.url, json=self.body, headers=self.headers,
                                           timeout=10).status_code
@@ -59,4 +62,6 @@ class ClientTraffic:
                     outcome = type(exc).__name__
                 with self._lock:
                     self.results[outcome] += 1
+                    if outcome != 200:
+                        self.failures.append((sent, outcome))
                 time.sleep(self.pause)

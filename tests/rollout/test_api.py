@@ -23,7 +23,7 @@ FULL: dict[str, Any] = {
                    "maxErrorRateIncrease": 0.005, "maxLabelDisagreement": 0.1,
                    "minRequestsPerStep": 50},
     "failureLimit": 2, "progressDeadlineSeconds": 900, "manualGates": [50], "abort": False,
-    "preTrafficAnalysis": True,
+    "preTrafficAnalysis": True, "headerRoute": {"name": "x-model-cohort", "value": "canary"},
 }
 
 
@@ -45,6 +45,7 @@ def test_a_full_spec_round_trips_through_the_schema_and_the_parser() -> None:
     assert rollout.steps == (5, 25, 50, 100) and rollout.manual_gates == (50,)
     assert rollout.thresholds.min_requests == 50 and rollout.failure_limit == 2
     assert rollout.pre_traffic_analysis
+    assert rollout.header_route == ("x-model-cohort", "canary")
 
 
 def test_pre_traffic_analysis_is_on_unless_the_spec_turns_it_off() -> None:

@@ -314,13 +314,20 @@ def _backends(model: str, port: int, canary_weight: int) -> list[Obj]:
 
 def _route(cfg: StackConfig, model: str, kind: str, port: int, match: Obj,
            canary_weight: int) -> Obj:
+    """A model's route: the weighted split; with the stack's headerRoute, first a rule
+    matching that header too (more header matches take precedence in Gateway API), on
+    stable until the operator turns it to the canary while one runs."""
+    rules = [{"matches": [match], "backendRefs": _backends(model, port, canary_weight)}]
+    header = cfg.rollout.header_route
+    if header is not None:
+        rules.insert(0, {"matches": [{**match, "headers": [
+            {"type": "Exact", "name": header.name, "value": header.value}]}],
+            "backendRefs": _backends(model, port, 0)})
     return {"apiVersion": GATEWAY_API, "kind": kind,
             "metadata": _meta(model, cfg, labels={"app.kubernetes.io/name": model}),
             "spec": {"parentRefs": [{"name": cfg.gateway.name,
                                      "namespace": cfg.gateway.namespace}],
-                     "hostnames": [f"{model}.{cfg.hostname}"],
-                     "rules": [{"matches": [match],
-                                "backendRefs": _backends(model, port, canary_weight)}]}}
+                     "hostnames": [f"{model}.{cfg.hostname}"], "rules": rules}}
 
 
 def http_route(cfg: StackConfig, model: str, canary_weight: int = 0) -> Obj:

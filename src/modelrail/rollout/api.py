@@ -18,7 +18,7 @@ from pydantic.alias_generators import to_camel
 
 from modelrail.errors import InvalidInputError
 from modelrail.exit_codes import ExitCode
-from modelrail.rollout.core.policy import RolloutPolicy
+from modelrail.rollout.core.policy import HeaderRoute, RolloutPolicy
 from modelrail.rollout.core.spec import Phase, RolloutSpec
 
 GROUP = "modelrail.dev"
@@ -86,6 +86,9 @@ class ModelRolloutSpec(_Camel):
     failure_limit: int = Field(default=1, ge=0, le=100)
     progress_deadline_seconds: int = Field(default=600, ge=30, le=86_400)
     manual_gates: list[Weight] = Field(default_factory=list)
+    header_route: HeaderRoute | None = Field(
+        default=None, description="requests with this header and value reach the canary at "
+        "any weight while one runs")
     abort: bool = Field(default=False, description="true: return all traffic to stable now")
     pre_traffic_analysis: bool = Field(
         default=True, description="analyse the ready canary (direct load and the model gate) "
@@ -120,7 +123,7 @@ class ModelRolloutSpec(_Camel):
 # ModelRolloutSpec fields that are RolloutPolicy fields of the same name (the thresholds
 # are the rest of the policy, grouped)
 _POLICY_FIELDS = ("steps", "step_seconds", "analysis_interval_seconds", "failure_limit",
-                  "progress_deadline_seconds", "manual_gates")
+                  "progress_deadline_seconds", "manual_gates", "header_route")
 
 
 class InvalidRolloutError(InvalidInputError):

@@ -70,6 +70,12 @@ class TrafficRouter(Protocol):
         """Ask the data plane to send `canary_weight`% of the route's traffic to the
         canary (returns at once)."""
 
+    def set_header_route(self, *, route: str, header: tuple[str, str],
+                         to_canary: bool) -> None:
+        """Send the requests that carry `header` (name, exact value: the rollout's
+        RolloutSpec.header_route) to the canary whatever its weight, or back to the split
+        (idempotent; returns at once). Called only for rollouts that have one."""
+
     def observed_weight(self, *, route: str) -> int | None:
         """The canary weight the data plane applies now (None: the route is unknown to
         it): a weight change is done only when this shows it."""

@@ -47,10 +47,18 @@ class FakeRouter:
         self.applied: dict[str, int] = {}
         self.pending: dict[str, int] = {}
         self.sets: list[tuple[str, int]] = []
+        self.header_calls: list[tuple[str, tuple[str, str], bool]] = []
+        self.events: list[tuple[str, object]] = []  # weights and header turns, in order
 
     def set_weight(self, *, route: str, canary_weight: int) -> None:
         self.sets.append((route, canary_weight))
+        self.events.append(("weight", canary_weight))
         self.pending[route] = canary_weight
+
+    def set_header_route(self, *, route: str, header: tuple[str, str],
+                         to_canary: bool) -> None:
+        self.header_calls.append((route, header, to_canary))
+        self.events.append(("header", to_canary))
 
     def observed_weight(self, *, route: str) -> int | None:
         return self.applied.get(route, 0)
@@ -99,6 +107,8 @@ class FakePlatform:
     def remove_canary(self, *, model: str) -> None:
         if self.router.observed_weight(route=model) != 0:
             raise AssertionError("canary removed while the data plane still routes to it")
+        if self.router.header_calls and self.router.header_calls[-1][2]:
+            raise AssertionError("canary removed while header requests still go to it")
         self.calls.append(("remove_canary", self.canary.version or "", 0))
         self.canary = _Track()
 

@@ -100,6 +100,37 @@ def test_an_erroring_canary_is_rolled_back_before_any_user_traffic() -> None:
     assert "pre-traffic analysis failed" in rig.controller.status.message
 
 
+HEADER = ("x-model-cohort", "canary")
+
+
+def test_header_requests_reach_the_canary_from_ready_until_it_is_retired() -> None:
+    """Testers and a cohort reach the canary before it has any weight; the header is
+    turned back to the split before the canary is removed (the fake platform checks)."""
+    rig = Rig(replace(PRE, header_route=HEADER))
+    assert rig.run() is Phase.SUCCEEDED
+    turns = [e for e in rig.router.events if e[0] == "header"]
+    assert turns[0] == ("header", True) and turns[-1] == ("header", False)
+    first_weight = next(i for i, e in enumerate(rig.router.events)
+                        if e[0] == "weight" and e[1] != 0)
+    assert rig.router.events.index(("header", True)) < first_weight  # at weight 0
+    assert {h for _, h, _ in rig.router.header_calls} == {HEADER}
+    assert rig.store.record is not None and not rig.store.record.header_to_canary
+
+
+def test_header_requests_leave_a_rolled_back_canary_first() -> None:
+    rig = Rig(replace(PRE, header_route=HEADER), canary=ERRORING)
+    assert rig.run() is Phase.ROLLED_BACK
+    assert [to for _, _, to in rig.router.header_calls][:1] == [True]
+    assert rig.router.header_calls[-1][2] is False
+    assert rig.platform.canary.version is None
+
+
+def test_no_header_route_no_header_calls() -> None:
+    rig = Rig()
+    assert rig.run() is Phase.SUCCEEDED
+    assert rig.router.header_calls == []
+
+
 def test_a_wrong_canary_is_stopped_by_the_model_gate() -> None:
     rig = Rig(gate=GateSample(compared=38, disagreements=20, complete=True))
     assert rig.run() is Phase.ROLLED_BACK

@@ -96,6 +96,56 @@ def test_weights_split_both_protocols(router: TraefikRouter,
     assert grpc_seen == Counter({"1": 140, "2": 60})
 
 
+def test_header_requests_reach_the_canary_at_weight_0_on_both_protocols(
+        router: TraefikRouter, servers: dict[str, Server]) -> None:
+    """The rollout's headerRoute: with the header, every request (REST and gRPC) reaches
+    the canary at weight 0; without it, none does; turned back, the header means nothing."""
+    header = ("x-model-cohort", "canary")
+    router.set_pools(route="iris", stable=[ports(servers["stable"])],
+                     canary=[ports(servers["canary"])])
+    router.set_weight(route="iris", canary_weight=0)
+    wait_weight(router, 0)
+    router.set_header_route(route="iris", header=header, to_canary=True)
+    deadline = time.monotonic() + 10
+    while not router.observed_header(route="iris"):
+        assert time.monotonic() < deadline, "the header routers were never loaded"
+        time.sleep(0.1)
+    for proto in ("http", "grpc"):
+        wait_up(router, f"iris-{proto}-canary", 1)
+
+    def rest(headers: dict[str, str]) -> Counter[str]:
+        seen: Counter[str] = Counter()
+        with httpx.Client() as client:
+            for _ in range(50):
+                r = client.post(f"http://127.0.0.1:{router.http_port}/v2/models/iris/infer",
+                                json=BODY, headers=headers)
+                assert r.status_code == 200
+                seen[r.json()["model_version"]] += 1
+        return seen
+
+    def grpc(headers: dict[str, str]) -> Counter[str]:
+        seen: Counter[str] = Counter()
+        client = tgrpc.InferenceServerClient(f"127.0.0.1:{router.grpc_port}")
+        for _ in range(50):
+            inp = tgrpc.InferInput("input", [1, 4], "FP32")
+            inp.set_data_from_numpy(np.array([BODY["inputs"][0]["data"]], dtype=np.float32))
+            seen[client.infer("iris", [inp], headers=headers).get_response()
+                 .model_version] += 1
+        client.close()
+        return seen
+
+    with_header = {header[0]: header[1]}
+    assert rest(with_header) == grpc(with_header) == Counter({"2": 50})
+    assert rest({}) == grpc({}) == Counter({"1": 50})
+    assert rest({header[0]: "other"}) == Counter({"1": 50})  # the exact value only
+    router.set_header_route(route="iris", header=header, to_canary=False)
+    deadline = time.monotonic() + 10
+    while router.observed_header(route="iris"):
+        assert time.monotonic() < deadline, "the header routers were never removed"
+        time.sleep(0.1)
+    assert rest(with_header) == grpc(with_header) == Counter({"1": 50})
+
+
 def test_instance_that_is_not_ready_gets_nothing(router: TraefikRouter,
                                                  servers: dict[str, Server],
                                                  tmp_path: Path) -> None:

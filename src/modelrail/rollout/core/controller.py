@@ -112,6 +112,7 @@ class RolloutController:
         t = Tick(now=now, record=self.record, abort=abort, resume=resume,
                  view=self.platform.view(model=model),
                  observed_weight=self.router.observed_weight(route=model))
+        self._route_header(t)
         if (abort or resume) and self.record.load_handle is not None:
             self._end_interval(cancel=True)  # a person's command is decided on now
         measurements = None
@@ -124,6 +125,18 @@ class RolloutController:
                 return self.status  # the load still runs
         self._decide(t, measurements)
         return self.status
+
+    def _route_header(self, t: Tick) -> None:
+        """With a headerRoute, its requests reach the canary from when it is ready (before
+        any weight: testers, a cohort) until it is retired."""
+        header = self.spec.header_route
+        if (header is None or self.record.header_to_canary or t.abort
+                or not t.view.canary.ready
+                or self.status.phase not in (Phase.INITIALIZING, Phase.PROGRESSING,
+                                             Phase.PAUSED)):
+            return
+        self.router.set_header_route(route=self.spec.model, header=header, to_canary=True)
+        self._save(self.record.evolve(header_to_canary=True), None)
 
     def _analysing(self, t: Tick) -> bool:
         canary, phase = t.view.canary, self.status.phase
@@ -238,6 +251,11 @@ class RolloutController:
             self._end_interval(cancel=True)
         model = self.spec.model
         self.router.set_weight(route=model, canary_weight=0)
+        if self.spec.header_route is not None:  # every time: a crash may have hidden it
+            self.router.set_header_route(route=model, header=self.spec.header_route,
+                                         to_canary=False)
+            if self.record.header_to_canary:
+                self._save(self.record.evolve(header_to_canary=False), None)
         if observed == 0:  # no traffic reaches the canary any more
             self.platform.remove_canary(model=model)
 

@@ -13,6 +13,33 @@ import itertools
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 from pydantic.alias_generators import to_camel
 
+# request headers a gateway or the serving stack gives meaning to: never a cohort header
+RESERVED_HEADERS = frozenset({
+    "host", "content-length", "content-type", "content-encoding", "transfer-encoding",
+    "connection", "upgrade", "te", "trailer", "keep-alive", "proxy-connection", "expect",
+    "authorization", "cookie", "grpc-timeout", "grpc-encoding", "grpc-accept-encoding",
+    "user-agent", "accept", "accept-encoding"})
+
+
+class HeaderRoute(BaseModel):
+    """Requests carrying header `name` with exactly `value` reach the canary whatever its
+    weight, while one runs (testers, an A/B cohort); their traffic is analysed apart from
+    the weighted split's."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    name: str = Field(pattern=r"^[a-z0-9]([a-z0-9-]{0,62}[a-z0-9])?$",
+                      description="a lowercase header name, e.g. x-model-cohort")
+    value: str = Field(pattern=r"^[A-Za-z0-9._~-]{1,128}$",
+                       description="the exact value that selects the canary")
+
+    @model_validator(mode="after")
+    def _not_reserved(self) -> HeaderRoute:
+        if self.name in RESERVED_HEADERS or self.name.startswith(("grpc-", "x-forwarded-")):
+            raise ValueError(f"headerRoute.name {self.name!r} is a header proxies or gRPC "
+                             "give a meaning to; use one of your own, e.g. x-model-cohort")
+        return self
+
 
 class RolloutPolicy(BaseModel):
     """Canary policy written into each model's ModelRollout resource."""
@@ -32,6 +59,7 @@ class RolloutPolicy(BaseModel):
     failure_limit: int = Field(ge=0, le=100)
     progress_deadline_seconds: int = Field(ge=30, le=86_400)
     manual_gates: list[int] = Field(default_factory=list)
+    header_route: HeaderRoute | None = None
 
     @model_validator(mode="after")
     def _steps(self) -> RolloutPolicy:

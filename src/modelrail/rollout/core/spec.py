@@ -60,6 +60,9 @@ class RolloutSpec:
     # analyse the ready canary under load sent straight to it (and the model gate) before it
     # takes any user traffic: a bad canary is rolled back with nobody exposed to it
     pre_traffic_analysis: bool = False
+    # (header name, value): requests carrying it reach the canary at any weight while one
+    # runs; analysed apart from the weighted split (None: no header routing)
+    header_route: tuple[str, str] | None = None
 
     @classmethod
     def from_policy(cls, policy: RolloutPolicy, *, model: str, stable_version: str,
@@ -76,7 +79,9 @@ class RolloutSpec:
                 min_requests=policy.min_requests_per_step),
             failure_limit=policy.failure_limit,
             progress_deadline_seconds=policy.progress_deadline_seconds,
-            manual_gates=tuple(policy.manual_gates))
+            manual_gates=tuple(policy.manual_gates),
+            header_route=(None if policy.header_route is None else
+                          (policy.header_route.name, policy.header_route.value)))
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -87,6 +92,8 @@ class RolloutSpec:
         data["thresholds"] = Thresholds(**data["thresholds"])
         data["steps"] = tuple(data["steps"])
         data["manual_gates"] = tuple(data.get("manual_gates", ()))
+        if data.get("header_route") is not None:
+            data["header_route"] = tuple(data["header_route"])
         return cls(**data)
 
 
@@ -135,6 +142,8 @@ class RolloutRecord:
     # terminal and nothing left to do: an abort or a deadline ends the rollout at once, and
     # its traffic and canary are cleaned up on the ticks after
     finished: bool = False
+    # the headerRoute's requests were turned to the canary (turned back when it is retired)
+    header_to_canary: bool = False
 
     def evolve(self, **changes: Any) -> RolloutRecord:
         return replace(self, **changes)
@@ -142,7 +151,8 @@ class RolloutRecord:
     def to_dict(self) -> dict[str, Any]:
         return {"status": self.status.to_dict(), "executed_seq": self.executed_seq,
                 "load_handle": self.load_handle,
-                "interval_started_at": self.interval_started_at, "finished": self.finished}
+                "interval_started_at": self.interval_started_at, "finished": self.finished,
+                "header_to_canary": self.header_to_canary}
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> RolloutRecord:
@@ -150,4 +160,5 @@ class RolloutRecord:
                    executed_seq=int(data.get("executed_seq", 0)),
                    load_handle=data.get("load_handle") or None,
                    interval_started_at=data.get("interval_started_at"),
-                   finished=bool(data.get("finished", False)))
+                   finished=bool(data.get("finished", False)),
+                   header_to_canary=bool(data.get("header_to_canary", False)))

@@ -3,11 +3,14 @@ on a model's HTTPRoute and GRPCRoute (Gateway API v1).
 
 The routes are created by the Pulumi program (infra/manifests.py: `http_route`,
 `grpc_route`) with two backendRefs, `<model>-stable` and `<model>-canary`. Setting a weight
-reads each route, changes only the two weights, and writes the rules back (a JSON merge
-patch replaces lists whole, so the matches are carried over as read); a route already at
-the weight is not written. `observed_weight` reads both routes back: a step counts only
-when both protocols carry the same weight. The operator (kube/reconciler.py) builds it over
-the platform's custom objects (kube/platform.py KubeObjects); it imports no client itself.
+reads each route, changes only the two weights of the split's rule, and writes the rules
+back (a JSON merge patch replaces lists whole, so the matches are carried over as read); a
+route already at the weight is not written. With the stack's headerRoute the program adds a
+rule matching that header too; `set_header_route` turns it to the canary while one runs
+and back to stable, the split untouched. `observed_weight` reads both routes back: a step
+counts only when both protocols carry the same weight. The operator (kube/reconciler.py)
+builds it over the platform's custom objects (kube/platform.py KubeObjects); it imports no
+client itself.
 """
 
 from __future__ import annotations
@@ -33,10 +36,30 @@ class RouteObjects(Protocol):
         """A merge patch of the object."""
 
 
-def with_weights(route: dict[str, Any], model: str, canary_weight: int) -> list[Any]:
-    """The route's rules with the stable/canary backend weights set."""
+def is_header_rule(rule: dict[str, Any]) -> bool:
+    """A rule of the stack's headerRoute (its matches name headers): not the split."""
+    return any(m.get("headers") for m in rule.get("matches") or [])
+
+
+def header_of(route: dict[str, Any]) -> tuple[str, str] | None:
+    """(name, value) the route's headerRoute rule matches exactly; None without one."""
+    for rule in route.get("spec", {}).get("rules", []):
+        for match in rule.get("matches") or []:
+            for h in match.get("headers") or []:
+                if h.get("type", "Exact") == "Exact":
+                    return str(h["name"]).lower(), str(h["value"])
+    return None
+
+
+def with_weights(route: dict[str, Any], model: str, canary_weight: int,
+                 *, header_rules: bool = False) -> list[Any]:
+    """The route's rules with the stable/canary backend weights set: the weighted split's
+    rules, or (`header_rules`) the headerRoute's; the others as they are."""
     rules = []
     for rule in route.get("spec", {}).get("rules", []):
+        if is_header_rule(rule) != header_rules:
+            rules.append(rule)
+            continue
         refs = []
         for original in rule.get("backendRefs", []):
             ref = dict(original)
@@ -49,10 +72,13 @@ def with_weights(route: dict[str, Any], model: str, canary_weight: int) -> list[
     return rules
 
 
-def canary_weight_of(route: dict[str, Any], model: str) -> int | None:
-    """The route's canary weight; None unless both backends are there and sum to 100."""
+def canary_weight_of(route: dict[str, Any], model: str, *,
+                     header_rules: bool = False) -> int | None:
+    """The canary weight of the route's split (or of its headerRoute rule); None unless
+    both backends are there and sum to 100."""
     weights = {ref.get("name"): int(ref.get("weight", 1))
                for rule in route.get("spec", {}).get("rules", [])
+               if is_header_rule(rule) == header_rules
                for ref in rule.get("backendRefs", [])}
     canary, stable = weights.get(f"{model}-canary"), weights.get(f"{model}-stable")
     if canary is None or stable is None or canary + stable != 100:
@@ -82,6 +108,29 @@ class GatewayAPIRouter:
             self.objects.patch(group=GROUP, version=VERSION, plural=plural, name=route,
                                body={"spec": {"rules": with_weights(current, route,
                                                                     canary_weight)}})
+
+    def set_header_route(self, *, route: str, header: tuple[str, str],
+                         to_canary: bool) -> None:
+        """Turn both routes' headerRoute rule to the canary or back to stable; a route
+        without a rule matching `header` is a NotFoundError (the stack's headerRoute was
+        not applied)."""
+        weight = 100 if to_canary else 0
+        for plural in PLURALS:
+            current = self._get(plural, route)
+            if current is None or canary_weight_of(current, route,
+                                                   header_rules=True) is None \
+                    or header_of(current) != header:
+                raise NotFoundError(
+                    f"no {plural[:-1]} {route!r} with a rule for header {header[0]}: "
+                    f"{header[1]}",
+                    where=f"{GROUP}/{VERSION} {plural}/{route}",
+                    accepted="the routes `pulumi up` writes when the stack's "
+                             "modelrail:rollout has headerRoute (run it again)")
+            if canary_weight_of(current, route, header_rules=True) == weight:
+                continue
+            self.objects.patch(group=GROUP, version=VERSION, plural=plural, name=route,
+                               body={"spec": {"rules": with_weights(
+                                   current, route, weight, header_rules=True)}})
 
     def observed_weight(self, *, route: str) -> int | None:
         """The weight both routes carry; None when they differ or one is missing."""

@@ -10,10 +10,15 @@ class NopRouter:
     def __init__(self) -> None:
         self.weights: dict[str, int] = {}
         self.calls: list[tuple[str, int]] = []
+        self.header_to_canary: dict[str, bool] = {}
 
     def set_weight(self, *, route: str, canary_weight: int) -> None:
         self.calls.append((route, canary_weight))
         self.weights[route] = canary_weight
+
+    def set_header_route(self, *, route: str, header: tuple[str, str],
+                         to_canary: bool) -> None:
+        self.header_to_canary[route] = to_canary
 
     def observed_weight(self, *, route: str) -> int | None:
         return self.weights.get(route)

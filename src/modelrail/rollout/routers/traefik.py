@@ -50,6 +50,8 @@ class Route:
     stable: Pool = field(default_factory=Pool)
     canary: Pool = field(default_factory=Pool)
     canary_weight: int = 0
+    # (name, value): requests carrying it go to the canary pool whatever the weight
+    header: tuple[str, str] | None = None
 
 
 def traefik_binary() -> str:
@@ -177,6 +179,26 @@ class TraefikRouter:
             self.routes.setdefault(route, Route()).canary_weight = canary_weight
             self._write()
 
+    def set_header_route(self, *, route: str, header: tuple[str, str],
+                         to_canary: bool) -> None:
+        """Requests carrying `header` go to the canary pool (a router of their own, on both
+        entry points), or back through the split (the router removed)."""
+        with self._lock:
+            self.routes.setdefault(route, Route()).header = header if to_canary else None
+            self._write()
+
+    def observed_header(self, *, route: str) -> bool:
+        """Whether Traefik has loaded the route's header router (both protocols)."""
+        for proto in ("http", "grpc"):
+            try:
+                r = httpx.get(self._api(f"/api/http/routers/{route}-{proto}-header@file"),
+                              timeout=2)
+            except httpx.HTTPError:
+                return False
+            if r.status_code != 200:
+                return False
+        return True
+
     def observed_weight(self, *, route: str) -> int | None:
         """The canary weight Traefik applies to both protocols, from its API; None when the
         two disagree or Traefik has not loaded the route yet."""
@@ -245,6 +267,11 @@ class TraefikRouter:
                 routers[f"{name}-{proto}"] = {"entryPoints": [entry], "rule": rule,
                                               "middlewares": ["retry"],
                                               "service": f"{name}-{proto}-weighted"}
+                if r.header is not None:  # the headerRoute: to the canary, any weight
+                    routers[f"{name}-{proto}-header"] = {
+                        "entryPoints": [entry], "middlewares": ["retry"],
+                        "rule": f"({rule}) && Header(`{r.header[0]}`, `{r.header[1]}`)",
+                        "priority": 10_000, "service": f"{name}-{proto}-canary"}
                 if proto == "http" and n == 0:
                     routers["default-http"] = {"entryPoints": [entry],
                                                "rule": "PathPrefix(`/`)", "priority": 1,

@@ -34,6 +34,7 @@ CONFIG = ServingConfig.from_env()
 # before BentoML builds the worker's uvicorn config: deadlines and a cap for HTTP clients
 install(GuardSettings(header_timeout=CONFIG.header_timeout, body_timeout=CONFIG.body_timeout,
                       max_connections=CONFIG.max_connections))
+metrics.set_header_route(CONFIG.header_route)  # its requests are counted route="header"
 REPOSITORY = ModelRepository(faults=parse_faults(os.environ.get("MODELRAIL_FAULTS")))
 REST_APP = create_app(REPOSITORY, limits=CONFIG.limits)
 

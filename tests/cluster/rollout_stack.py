@@ -49,7 +49,9 @@ POLICY = {
     "steps": [50, 100], "stepSeconds": 10, "analysisIntervalSeconds": 5,
     "maxErrorRate": 0.05, "maxP99LatencyMs": 300, "maxLatencyRatio": 5.0,
     "maxErrorRateIncrease": 0.02, "maxLabelDisagreement": 0.05, "minRequestsPerStep": 20,
-    "failureLimit": 1, "progressDeadlineSeconds": 300, "manualGates": []}
+    "failureLimit": 1, "progressDeadlineSeconds": 300, "manualGates": [],
+    "headerRoute": {"name": "x-model-cohort", "value": "canary"}}
+HEADER = {"x-model-cohort": "canary"}
 BODY = {"inputs": [{"name": "input", "datatype": "FP32", "shape": [1, 4],
                     "data": [5.1, 3.5, 1.4, 0.2]}]}
 
@@ -170,11 +172,14 @@ def start_rollout(env: Env, version: str, *args: str,
     return run.returncode, run.stdout + run.stderr
 
 
-def weights(env: Env) -> dict[str, list[int]]:
+def weights(env: Env, *, header_rule: bool = False) -> dict[str, list[int]]:
+    """[stable, canary] weights of each route's split (or of its headerRoute rule)."""
     out = {}
     for kind in ("httproute", "grpcroute"):
         route = get_json(env.state_dir, "-n", NS, kind, "iris")
-        out[kind] = [b["weight"] for b in route["spec"]["rules"][0]["backendRefs"]]
+        rule = next(r for r in route["spec"]["rules"]
+                    if any(m.get("headers") for m in r["matches"]) == header_rule)
+        out[kind] = [b["weight"] for b in rule["backendRefs"]]
     return out
 
 

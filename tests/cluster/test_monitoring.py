@@ -157,7 +157,10 @@ def test_the_operators_queries_select_what_the_scrape_config_keeps() -> None:
     q = queries(namespace="modelrail-dev", track=MetricTrack(model="iris", version="1"),
                 window_seconds=30)
     assert q["requests"] == ('sum(increase(modelrail_requests_total{namespace="modelrail-dev",'
-                             'model="iris",version="1"}[30s]))')
+                             'model="iris",version="1",route!="header"}[30s]))')
+    header = queries(namespace="modelrail-dev", window_seconds=30,
+                     track=MetricTrack(model="iris", version="2", route="header"))
+    assert 'version="2",route="header"}' in header["requests"]
 
 
 def test_metrics_server_as_upstream_with_the_kubelets_ca() -> None:

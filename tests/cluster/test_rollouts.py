@@ -42,6 +42,7 @@ from tests.cluster.kubectl import get_json, kubectl
 from tests.cluster.rollout_stack import (
     BODY,
     ERRORING,
+    HEADER,
     NEVER_READY,
     NS,
     POLICY,
@@ -350,22 +351,59 @@ def test_the_canary_hpa_scales_under_a_load_ramp_and_the_stable_hpa_is_untouched
     assert weights(env) == {"httproute": [100, 0], "grpcroute": [100, 0]}
 
 
-def test_ci_aborts_a_paused_rollout_and_traffic_returns_to_stable(env: Env) -> None:
+def _answered_by(env: Env, headers: dict[str, str]) -> str:
+    import httpx
+
+    r = httpx.post(f"http://{env.http}/v2/models/iris/infer", json=BODY,
+                   headers={"Host": env.host, **headers}, timeout=10)
+    assert r.status_code == 200, r.text
+    return str(r.json()["model_version"])
+
+
+def test_header_requests_reach_the_canary_at_weight_0_then_ci_aborts(env: Env) -> None:
+    """The stack's headerRoute: once the canary is ready, at weight 0 (its pre-traffic
+    analysis), a client sending the header reaches it through the Gateway and one without
+    never does; paused at 50 %, CI aborts (`rollout abort --kube`): both the split and the
+    header go back to stable."""
     stable = version_of(env, "stable")
     target = "2" if stable != "2" else "1"
+    assert weights(env, header_rule=True) == {"httproute": [100, 0], "grpcroute": [100, 0]}
     with manual_gate_at(env, 50):
         started = ci(env, "start", "--model", f"iris:{target}")
         assert started.returncode == 0, started.stdout + started.stderr
+        with_header: Counter[str] = Counter()
+        without: Counter[str] = Counter()
+        deadline = time.monotonic() + 240
+        while with_header[target] < 20:
+            assert time.monotonic() < deadline, (with_header, without, status_of(env))
+            before = status_of(env).get("canaryWeight", 0)
+            answers = (_answered_by(env, HEADER), _answered_by(env, {}))
+            if before == 0 and status_of(env).get("canaryWeight", 0) == 0:
+                with_header[answers[0]] += 1
+                without[answers[1]] += 1
+            else:
+                assert with_header[target] > 0, "the canary took weight before any header " \
+                                                "request reached it"
+                break
+        print(f"\nat weight 0: with the header {dict(with_header)}, without {dict(without)}")
+        assert set(without) == {stable}, without  # no weight: nobody else reaches it
+        assert with_header[target] > 0, with_header
         _paused_at(env, target, 50)
         assert weights(env) == {"httproute": [50, 50], "grpcroute": [50, 50]}
+        assert weights(env, header_rule=True) == {"httproute": [0, 100],
+                                                  "grpcroute": [0, 100]}
+        assert {_answered_by(env, HEADER) for _ in range(20)} == {target}
         aborted = ci(env, "abort", "--model", "iris")
         assert aborted.returncode == 0, aborted.stdout + aborted.stderr
-        watched = ci(env, "status", "--model", "iris", "--watch", "--timeout", "120", timeout=120)
+        watched = ci(env, "status", "--model", "iris", "--watch", "--timeout", "120",
+                     timeout=120)
     assert watched.returncode == rollout_api.exit_code_of("Aborted") == 11, \
         watched.stdout + watched.stderr
     assert status_of(env)["phase"] == "Aborted"
     assert version_of(env, "stable") == stable and version_of(env, "canary") is None
     assert weights(env) == {"httproute": [100, 0], "grpcroute": [100, 0]}
+    assert weights(env, header_rule=True) == {"httproute": [100, 0], "grpcroute": [100, 0]}
+    assert {_answered_by(env, HEADER) for _ in range(10)} == {stable}
     # promote is refused once nothing is paused: a clear error, exit 2
     late = ci(env, "promote", "--model", "iris")
     assert late.returncode == 2 and "not paused" in late.stderr, late.stdout + late.stderr

@@ -206,7 +206,8 @@ def model_deployment(cfg: StackConfig, model: ModelSpec, *, track: str = "stable
         "env": [{"name": "MODELRAIL_MODELS", "value": model.ref},
                 {"name": "MODELRAIL_GRPC_PORT", "value": str(GRPC_PORT)},
                 {"name": "MODELRAIL_WORKERS", "value": str(cfg.workers)},
-                {"name": "BENTOML_PORT", "value": str(HTTP_PORT)}],
+                {"name": "BENTOML_PORT", "value": str(HTTP_PORT)},
+                *header_route_env(cfg)],
         "resources": {"requests": {"cpu": r.cpu_request, "memory": r.memory_request},
                       "limits": {"cpu": r.cpu_limit, "memory": r.memory_limit}},
         "readinessProbe": {"httpGet": http_get, "periodSeconds": 5, "failureThreshold": 2},
@@ -280,6 +281,14 @@ def autoscaler(cfg: StackConfig, model: str, track: str = "stable",
                                        a.scale_down_stabilization_seconds,
                                        "policies": [{"type": "Pods", "value": 1,
                                                      "periodSeconds": 60}]}}}}
+
+
+def header_route_env(cfg: StackConfig) -> list[Obj]:
+    """With the stack's headerRoute, the servers count its requests apart
+    (MODELRAIL_HEADER_ROUTE: their metrics' route label)."""
+    h = cfg.rollout.header_route
+    return [] if h is None else [{"name": "MODELRAIL_HEADER_ROUTE",
+                                  "value": f"{h.name}={h.value}"}]
 
 
 # the validation sample a cluster's operator replays (model gate) and sends as load:

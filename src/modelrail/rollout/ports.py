@@ -88,6 +88,9 @@ class MetricTrack:
     model: str
     version: str
     urls: tuple[str, ...] = ()  # instance URLs, for providers that scrape them directly
+    # "split": requests the weighted split sent (all but the header-routed ones);
+    # "header": only those of the rollout's headerRoute (the serving metrics' route label)
+    route: str = "split"
 
 
 class MetricProvider(Protocol):

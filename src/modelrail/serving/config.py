@@ -22,6 +22,9 @@ one channel that reaches every worker (and the one a Kubernetes Deployment sets)
   MODELRAIL_TRACING            1 to keep BentoML's OpenTelemetry spans on inference routes
                                (default 0: a span per request costs more than the inference)
   MODELRAIL_FAULTS             fault injection for rollout tests (faults.py); unset in production
+  MODELRAIL_HEADER_ROUTE       NAME=VALUE: requests carrying that header and exact value are
+                               counted with route="header" (a rollout's headerRoute: testers,
+                               a cohort), the others route="split"; set from the stack
 """
 
 from __future__ import annotations
@@ -91,6 +94,7 @@ class ServingConfig:
     drain_seconds: float = 10.0
     access_log: bool = False
     tracing: bool = False
+    header_route: tuple[str, str] | None = None
 
     @classmethod
     def from_env(cls, env: dict[str, str] | None = None) -> ServingConfig:
@@ -119,6 +123,7 @@ class ServingConfig:
             drain_seconds=float(_int(env, "MODELRAIL_DRAIN_SECONDS", 10, 0, 3600)),
             access_log=bool(_int(env, "MODELRAIL_ACCESS_LOG", 0, 0, 1)),
             tracing=bool(_int(env, "MODELRAIL_TRACING", 0, 0, 1)),
+            header_route=parse_header_route(env.get("MODELRAIL_HEADER_ROUTE")),
         )
 
     @property
@@ -143,7 +148,25 @@ class ServingConfig:
             "MODELRAIL_DRAIN_SECONDS": str(int(self.drain_seconds)),
             "MODELRAIL_ACCESS_LOG": str(int(self.access_log)),
             "MODELRAIL_TRACING": str(int(self.tracing)),
+            **({} if self.header_route is None else
+               {"MODELRAIL_HEADER_ROUTE": "=".join(self.header_route)}),
         }
+
+
+_HEADER_NAME = re.compile(r"^[a-z0-9]([a-z0-9-]{0,62}[a-z0-9])?$")
+_HEADER_VALUE = re.compile(r"^[A-Za-z0-9._~-]{1,128}$")
+
+
+def parse_header_route(raw: str | None) -> tuple[str, str] | None:
+    """MODELRAIL_HEADER_ROUTE: `name=value` (the stack's headerRoute), or unset."""
+    if not raw:
+        return None
+    name, sep, value = raw.partition("=")
+    if not sep or not _HEADER_NAME.match(name) or not _HEADER_VALUE.match(value):
+        raise InvalidInputError(f"bad header route {raw!r}", where="MODELRAIL_HEADER_ROUTE",
+                                accepted="NAME=VALUE: a lowercase header name and a value "
+                                         "of letters, digits and ._~-")
+    return name, value
 
 
 def _int(env: dict[str, str], key: str, default: int, lo: int, hi: int) -> int:

@@ -209,6 +209,17 @@ class InferenceServicer:
         return out
 
 
+def _route(ctx: grpc.aio.ServicerContext[bytes, bytes]) -> str:
+    """"header" when the call carries the rollout's headerRoute (metrics.header_route)."""
+    header = metrics.header_route()
+    if header is None:
+        return "split"
+    for key, value in ctx.invocation_metadata() or ():
+        if key == header[0] and value == header[1]:
+            return "header"
+    return "split"
+
+
 def _unary(fn: Callable[..., Awaitable[Message]], *, counted: bool) -> Any:
     async def handler(data: bytes, ctx: grpc.aio.ServicerContext[bytes, bytes]) -> bytes:
         started = time.perf_counter()
@@ -236,7 +247,8 @@ def _unary(fn: Callable[..., Awaitable[Message]], *, counted: bool) -> Any:
                 metrics.request_finished("grpc")
                 metrics.observe_request(model=labels["model"], version=labels["version"],
                                         protocol="grpc", outcome=code,
-                                        seconds=time.perf_counter() - started)
+                                        seconds=time.perf_counter() - started,
+                                        route=_route(ctx))
 
     return grpc.unary_unary_rpc_method_handler(handler)
 

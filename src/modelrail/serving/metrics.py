@@ -4,9 +4,12 @@ Served by the REST app at /metrics (BentoML's own request metrics are switched o
 duplicated these and cost a multiprocess write per request). Series (every worker's counts
 appear in one scrape, through prometheus_client's multiprocess mode, which BentoML sets up
 for its workers):
-  modelrail_requests_total{model,version,protocol,outcome}
+  modelrail_requests_total{model,version,protocol,outcome,route}
       outcome: HTTP status class (2xx, 4xx, 5xx) or gRPC status code name (OK, INTERNAL, …)
-  modelrail_request_duration_seconds{model,version,protocol}   histogram, 50 µs – 10 s
+      route: "header" for requests carrying the rollout's headerRoute
+      (MODELRAIL_HEADER_ROUTE: testers, a cohort), "split" for the others — a rollout
+      analyses the two apart
+  modelrail_request_duration_seconds{model,version,protocol,route}   histogram, 50 µs – 10 s
   modelrail_predictions_total{model,version,value}
       classification: value = class label; regression: value = training-target decile
       bin d0…d9 — the prediction distribution the rollout model gate compares
@@ -59,10 +62,10 @@ def _m() -> dict[str, Any]:
     return {
         "requests": prom.Counter(
             "modelrail_requests_total", "Inference requests by outcome",
-            ["model", "version", "protocol", "outcome"]),
+            ["model", "version", "protocol", "outcome", "route"]),
         "duration": prom.Histogram(
             "modelrail_request_duration_seconds", "Inference request latency, receipt to reply",
-            ["model", "version", "protocol"], buckets=LATENCY_BUCKETS),
+            ["model", "version", "protocol", "route"], buckets=LATENCY_BUCKETS),
         "predictions": prom.Counter(
             "modelrail_predictions_total",
             "Predicted classes, or regression outputs by training-decile bin",
@@ -92,9 +95,11 @@ class _Buffer:
     """Pending metric updates of this worker (touched only from its event loop)."""
 
     def __init__(self) -> None:
-        self.requests: dict[tuple[str, str, str, str], int] = defaultdict(int)
-        self.buckets: dict[tuple[str, str, str], list[int]] = {}
-        self.sums: dict[tuple[str, str, str], float] = defaultdict(float)
+        # (model, version, protocol, outcome, route)
+        self.requests: dict[tuple[str, str, str, str, str], int] = defaultdict(int)
+        # (model, version, protocol, route)
+        self.buckets: dict[tuple[str, str, str, str], list[int]] = {}
+        self.sums: dict[tuple[str, str, str, str], float] = defaultdict(float)
         self.predictions: dict[tuple[str, str, str], int] = defaultdict(int)
         self.in_flight: dict[str, int] = defaultdict(int)
         self.flushed_in_flight: dict[str, int] = {}
@@ -115,12 +120,27 @@ def http_outcome(status: int) -> str:
 SUCCESS_OUTCOMES = ("2xx", "OK")
 
 
+class _Routing:
+    """The rollout's headerRoute (name, value) this server counts apart; None: every
+    request is route="split". Set once at start (service.py)."""
+
+    header: tuple[str, str] | None = None
+
+
+def set_header_route(header: tuple[str, str] | None) -> None:
+    _Routing.header = header
+
+
+def header_route() -> tuple[str, str] | None:
+    return _Routing.header
+
+
 def observe_request(*, model: str, version: str, protocol: str, outcome: str,
-                    seconds: float) -> None:
-    _buffer.requests[(model, version, protocol, outcome)] += 1
+                    seconds: float, route: str = "split") -> None:
+    _buffer.requests[(model, version, protocol, outcome, route)] += 1
     if model:
         _stat(model, version, "success" if outcome in SUCCESS_OUTCOMES else "fail", seconds)
-    key = (model, version, protocol)
+    key = (model, version, protocol, route)
     counts = _buffer.buckets.get(key)
     if counts is None:
         counts = _buffer.buckets[key] = [0] * len(_BOUNDS)
@@ -185,18 +205,20 @@ def flush() -> None:
     """Write pending updates to the (multiprocess) Prometheus values."""
     m = _m()
     buf = _buffer
-    for (model, version, protocol, outcome), n in buf.requests.items():
+    for (model, version, protocol, outcome, route), n in buf.requests.items():
         m["requests"].labels(model=model, version=version, protocol=protocol,
-                             outcome=outcome).inc(n)
+                             outcome=outcome, route=route).inc(n)
     buf.requests.clear()
-    for (model, version, protocol), counts in buf.buckets.items():
-        child = m["duration"].labels(model=model, version=version, protocol=protocol)
+    for key, counts in buf.buckets.items():
+        model, version, protocol, route = key
+        child = m["duration"].labels(model=model, version=version, protocol=protocol,
+                                     route=route)
         # Histogram keeps one value per bucket (non-cumulative) and a sum; add to them
         # directly instead of replaying each observation.
         for i, n in enumerate(counts):
             if n:
                 child._buckets[i].inc(n)
-        child._sum.inc(buf.sums[(model, version, protocol)])
+        child._sum.inc(buf.sums[key])
     buf.buckets.clear()
     buf.sums.clear()
     for (model, version, value), n in buf.predictions.items():

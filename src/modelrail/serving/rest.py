@@ -192,10 +192,13 @@ class RestApi:
                                                   f"{str(exc)[:200]}"}, status_code=500)
         finally:
             metrics.request_finished("rest")
+        header = metrics.header_route()
         metrics.observe_request(model=labels["model"], version=labels["version"],
                                 protocol="rest",
                                 outcome=metrics.http_outcome(response.status_code),
-                                seconds=time.perf_counter() - started)
+                                seconds=time.perf_counter() - started,
+                                route="header" if header is not None and
+                                request.headers.get(header[0]) == header[1] else "split")
         return response
 
     async def _infer(self, request: Request, labels: dict[str, str]) -> Response:

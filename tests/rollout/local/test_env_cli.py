@@ -271,3 +271,61 @@ def test_container_runtime_promotes_a_good_version_and_rolls_a_bad_one_back(
                  ["tracks"] for i in t["instances"]]
     for name in [inst["container"], *names]:  # env down removed every container
         assert podman.inspect_container(name) is None
+
+
+def test_header_requests_reach_the_canary_at_weight_0_and_are_analysed_apart(
+        examples: dict[str, Example], tmp_path: Path) -> None:
+    """The stack's headerRoute on a local environment: once the canary is ready, at weight
+    0, a client sending the header reaches it through Traefik and one without never does;
+    the header's requests are measured apart from the split (the audit's `header`
+    measurements and the `header traffic` check) and turned back to stable at the end."""
+    import httpx
+    import yaml
+
+    from tests.rollout.envs import ROOT
+
+    project, state = tmp_path / "project", tmp_path / "state"
+    policy = yaml.safe_load((ROOT / "Pulumi.dev.yaml").read_text())["config"][
+        "modelrail:rollout"]
+    header = {"x-model-cohort": "canary"}
+    write_stack(project, "ci6", rollout={**policy, "headerRoute": {
+        "name": "x-model-cohort", "value": "canary"}})
+    with local_env(project, state, "ci6") as info:
+        url = f"{info['http']}/v2/models/iris/infer"
+
+        def version(headers: dict[str, str]) -> str:
+            r = httpx.post(url, json=BODY, headers=headers, timeout=10)
+            assert r.status_code == 200, r.text
+            return str(r.json()["model_version"])
+
+        cohort = ClientTraffic(url, BODY, headers=header, pause=0.02, max_seconds=240)
+        assert cli("rollout", "start", "--env", "ci6", "--model", "iris:2", *FAST,
+                   state_dir=state).returncode == 0
+        with_header: dict[str, int] = {}
+        without: dict[str, int] = {}
+        deadline = time.monotonic() + 120
+        while with_header.get("2", 0) < 10:
+            assert time.monotonic() < deadline, (with_header, without, _status(state, "ci6"))
+            if _status(state, "ci6")["weight"] != 0:
+                break
+            a, b = version(header), version({})
+            if _status(state, "ci6")["weight"] == 0:
+                with_header[a] = with_header.get(a, 0) + 1
+                without[b] = without.get(b, 0) + 1
+        assert with_header.get("2", 0) > 0 and set(without) == {"1"}, (with_header, without)
+        cohort.start()
+        watch = cli("rollout", "status", "--env", "ci6", "--watch", "--timeout", "180",
+                    state_dir=state)
+        results = cohort.stop()
+        assert watch.returncode == 0, watch.stdout + watch.stderr
+        assert set(results) == {200}, results
+        hist = json.loads(cli("rollout", "history", "--env", "ci6", "-o", "json",
+                              state_dir=state).stdout)
+        measured = [e["measurements"]["header"] for e in hist
+                    if e["measurements"] and e["measurements"].get("header")]
+        assert sum(h["requests"] for h in measured) > 20, measured
+        checks = [c for e in hist for c in e["checks"] if c["name"] == "header traffic"]
+        assert checks and all(c["status"] == "PASS" for c in checks), checks
+        assert any("requests, error rate" in c["detail"] for c in checks), checks
+        # promoted: the header means nothing any more, everyone is on iris:2
+        assert {version(header) for _ in range(5)} == {version({}) for _ in range(5)} == {"2"}

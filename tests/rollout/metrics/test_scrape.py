@@ -26,6 +26,24 @@ def test_quantile_interpolates_like_histogram_quantile() -> None:
     assert quantile(0.99, {0.001: 0.0, float("inf"): 0.0}) is None
 
 
+def test_the_split_and_the_header_route_are_counted_apart() -> None:
+    from modelrail.rollout.metrics.scrape import parse
+
+    text = "\n".join([
+        'modelrail_requests_total{model="iris",version="2",protocol="rest",outcome="2xx",'
+        'route="split"} 90',
+        'modelrail_requests_total{model="iris",version="2",protocol="grpc",outcome="OK",'
+        'route="header"} 7',
+        'modelrail_requests_total{model="iris",version="2",protocol="rest",outcome="5xx",'
+        'route="header"} 3',
+        # a server from before the route label: all of it is the split's
+        'modelrail_requests_total{model="iris",version="2",protocol="rest",outcome="2xx"} 5',
+        ""])
+    split, header = parse(text, "iris", "2"), parse(text, "iris", "2", "header")
+    assert (split.requests, split.errors) == (95, 0)
+    assert (header.requests, header.errors) == (10, 3)
+
+
 def test_counter_reset_counts_from_zero() -> None:
     assert _increase(10, 4) == 6 and _increase(3, 40) == 3
 
@@ -67,3 +85,47 @@ def test_scrape_provider_measures_a_real_server(examples: dict[str, Example],
     # the server is gone: the provider says it cannot know, never "all good"
     assert provider.sample(track=stable_track, window_seconds=1) is None
     assert provider.sample(track=MetricTrack("iris", "1"), window_seconds=1) is None  # no urls
+
+
+@pytest.mark.slow
+def test_a_real_server_counts_the_header_route_apart_on_both_protocols(
+        examples: dict[str, Example], tmp_path: object) -> None:
+    """MODELRAIL_HEADER_ROUTE (the stack's headerRoute, set on the Deployment): REST and
+    gRPC requests carrying it are the header's, the others the split's; a bad value is
+    refused by name."""
+    import numpy as np
+    import tritonclient.grpc as tgrpc
+
+    from modelrail.errors import InvalidInputError
+    from modelrail.serving.config import parse_header_route
+
+    for bad in ("x-cohort", "X-Cohort=a", "x-cohort=a b", "=a"):
+        with pytest.raises(InvalidInputError, match="MODELRAIL_HEADER_ROUTE"):
+            parse_header_route(bad)
+    server = start_server(["iris:2"], tmp_path,  # type: ignore[arg-type]
+                          extra_env={"MODELRAIL_HEADER_ROUTE": "x-model-cohort=canary"})
+    try:
+        provider = ScrapeProvider()
+        split = MetricTrack("iris", "2", (server.http_url,))
+        header = MetricTrack("iris", "2", (server.http_url,), route="header")
+        provider.sample(track=split, window_seconds=1)
+        provider.sample(track=header, window_seconds=1)  # baselines
+        with httpx.Client() as client:
+            for headers in ({}, {"x-model-cohort": "canary"}, {"x-model-cohort": "other"}):
+                for _ in range(10):
+                    assert client.post(f"{server.http_url}/v2/models/iris/infer", json=BODY,
+                                       headers=headers).status_code == 200
+        grpc = tgrpc.InferenceServerClient(server.grpc_target)
+        for _ in range(4):
+            inp = tgrpc.InferInput("input", [1, 4], "FP32")
+            inp.set_data_from_numpy(np.array([BODY["inputs"][0]["data"]], dtype=np.float32))
+            grpc.infer("iris", [inp], headers={"x-model-cohort": "canary"})
+        grpc.close()
+        time.sleep(3 * FLUSH_SECONDS)
+        got_split = provider.sample(track=split, window_seconds=1)
+        got_header = provider.sample(track=header, window_seconds=1)
+        assert got_split is not None and got_header is not None
+        assert got_split.requests == 20  # no header, and the wrong value
+        assert got_header.requests == 14 and got_header.errors == 0  # 10 REST + 4 gRPC
+    finally:
+        stop(server.proc)

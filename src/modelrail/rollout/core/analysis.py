@@ -78,6 +78,8 @@ class Measurements:
     gate: GateSample | None = None
     load: LoadSample | None = None
     seconds: float | None = None  # how long the interval lasted (for rates in the records)
+    # the canary's header-routed requests (RolloutSpec.header_route), never in `canary`
+    header: TrafficSample | None = None
 
 
 @dataclass(frozen=True)
@@ -215,8 +217,38 @@ def check_load(spec: RolloutSpec, m: Measurements) -> Check | None:
                  f"{m.load.requests} requests, {m.load.failures} failed")
 
 
+def check_header_traffic(spec: RolloutSpec, m: Measurements) -> Check | None:
+    """The canary's header-routed requests (testers, a cohort), judged apart from the
+    split by the same absolute limits. They are optional traffic: too few to judge is not
+    "no data" (it does not hold the rollout), but a failure certain at 99 % fails it."""
+    if spec.header_route is None:
+        return None
+    t, h = spec.thresholds, m.header
+    if h is None or h.requests == 0:
+        return Check("header traffic", Status.PASS, "no header-routed requests to judge")
+    rate = h.errors / h.requests
+    if wilson(h.errors, h.requests)[0] > t.max_error_rate:
+        return Check("header traffic", Status.FAIL, f"error rate {rate:.2%} of {h.requests}, "
+                     f"certainly above {t.max_error_rate:.2%}", decisive=True)
+    slow = h.slower_than(t.max_p99_latency_ms)
+    if h.latency_buckets and wilson(slow, h.requests)[0] > 0.01:
+        return Check("header traffic", Status.FAIL, f"{slow} of {h.requests} requests slower "
+                     f"than {t.max_p99_latency_ms:.0f} ms", decisive=True)
+    if h.requests >= t.min_requests and rate > t.max_error_rate:
+        return Check("header traffic", Status.FAIL,
+                     f"error rate {rate:.2%} > {t.max_error_rate:.2%}")
+    if h.requests >= t.min_requests and h.p99_ms is not None \
+            and h.p99_ms > t.max_p99_latency_ms:
+        return Check("header traffic", Status.FAIL,
+                     f"p99 {h.p99_ms:.1f} ms > {t.max_p99_latency_ms:.1f} ms")
+    p99 = "–" if h.p99_ms is None else f"{h.p99_ms:.1f} ms"
+    return Check("header traffic", Status.PASS,
+                 f"{h.requests} requests, error rate {rate:.2%}, p99 {p99}")
+
+
 def analyse(spec: RolloutSpec, m: Measurements) -> Verdict:
-    optional = (check_error_increase(spec, m), check_model_gate(spec, m), check_load(spec, m))
+    optional = (check_error_increase(spec, m), check_model_gate(spec, m), check_load(spec, m),
+                check_header_traffic(spec, m))
     checks = [check_errors(spec, m), check_latency(spec, m),
               *(c for c in optional if c is not None)]
     return Verdict(status=max(c.status for c in checks), checks=tuple(checks))

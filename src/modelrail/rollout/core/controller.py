@@ -161,10 +161,16 @@ class RolloutController:
         self._save(self.record.evolve(executed_seq=decision.status.seq), None)
 
     # --- analysis intervals ----------------------------------------------------------------
-    def _tracks(self, view: PlatformView) -> tuple[MetricTrack, MetricTrack]:
+    def _tracks(self, view: PlatformView) -> tuple[MetricTrack, ...]:
+        """Stable and canary over the split; with a headerRoute, the canary's header-routed
+        requests too, measured apart."""
         s = self.spec
-        return (MetricTrack(s.model, s.stable_version, view.stable.instance_urls),
-                MetricTrack(s.model, s.canary_version, view.canary.instance_urls))
+        tracks = (MetricTrack(s.model, s.stable_version, view.stable.instance_urls),
+                  MetricTrack(s.model, s.canary_version, view.canary.instance_urls))
+        if s.header_route is None:
+            return tracks
+        return (*tracks, MetricTrack(s.model, s.canary_version, view.canary.instance_urls,
+                                     route="header"))
 
     def _start_interval(self, t: Tick) -> None:
         if self.metrics is not None:  # the baseline of providers that count increases
@@ -197,11 +203,13 @@ class RolloutController:
             return None
         started = self.record.interval_started_at or t.now
         window = max(1.0, t.now - started)
-        canary = stable = None
+        canary = stable = header = None
         if self.metrics is not None:
-            stable_track, canary_track = self._tracks(t.view)
+            stable_track, canary_track, *header_track = self._tracks(t.view)
             stable = self.metrics.sample(track=stable_track, window_seconds=window)
             canary = self.metrics.sample(track=canary_track, window_seconds=window)
+            if header_track:
+                header = self.metrics.sample(track=header_track[0], window_seconds=window)
         gate = None
         if (self.gate is not None and t.view.stable.http_url is not None
                 and t.view.canary.http_url is not None):
@@ -211,7 +219,7 @@ class RolloutController:
                 canary=GateEndpoint(t.view.canary.http_url, s.model, s.canary_version))
         self._end_interval(cancel=False)
         return Measurements(canary=canary, stable=stable, gate=gate, load=load,
-                            seconds=window)
+                            seconds=window, header=header)
 
     def _end_interval(self, *, cancel: bool) -> None:
         if cancel and self.record.load_handle is not None:

@@ -111,7 +111,11 @@ class Daemon:
                 runtime = ContainerRuntime(image=self.image, project=self.project,
                                            stack=self.store.env, env_name=self.store.env,
                                            extra_env=passed)
+            header = self.config.rollout.header_route
             self.env = LocalEnvironment(name=self.store.env, run_dir=self.store.run_dir,
+                                        extra_env={} if header is None else {
+                                            "MODELRAIL_HEADER_ROUTE":
+                                                f"{header.name}={header.value}"},
                                         workers=self.config.workers,
                                         grpc_models=tuple(m.name for m in self.models),
                                         runtime=runtime)

@@ -502,7 +502,9 @@ class AuditJournal:
                 "canary": asdict(m.canary) if m.canary else None,
                 "stable": asdict(m.stable) if m.stable else None,
                 "gate": asdict(m.gate) if m.gate else None,
-                "load": asdict(m.load) if m.load else None}})
+                "load": asdict(m.load) if m.load else None,
+                # the headerRoute's requests to the canary, never in "canary"
+                "header": asdict(m.header) if m.header else None}})
         if m is not None:
             self._series(observation.now, before.weight, m)
 

@@ -3,7 +3,8 @@ traffic over the analysis window, from the Prometheus HTTP API (`/api/v1/query`)
 the operator (kube/operator.py) for its namespace when MODELRAIL_PROMETHEUS_URL is set.
 
 The PromQL templates read the serving metrics every instance exports (serving/metrics.py),
-per namespace, model and version, over both protocols: requests, server errors (HTTP 5xx
+per namespace, model, version and route (the weighted split's requests, or the
+headerRoute's, apart), over both protocols: requests, server errors (HTTP 5xx
 and the gRPC codes that mean the server failed) and the p99 of the latency histogram. An
 unreachable Prometheus, an error answer or an empty result is "no data" (None), never zero.
 """
@@ -18,7 +19,9 @@ from modelrail.rollout.core.analysis import TrafficSample
 from modelrail.rollout.metrics.scrape import SERVER_ERRORS
 from modelrail.rollout.ports import MetricProvider, MetricTrack
 
-SELECTOR = 'namespace="{namespace}",model="{model}",version="{version}"'
+SELECTOR = 'namespace="{namespace}",model="{model}",version="{version}",route{route}'
+# the split's requests: every route label but "header" (or none); or only the header's
+ROUTES = {"split": '!="header"', "header": '="header"'}
 QUERIES = {
     "requests": "sum(increase(modelrail_requests_total{{{sel}}}[{window}s]))",
     "errors": "sum(increase(modelrail_requests_total{{{sel},outcome=~\"{errors}\"}}"
@@ -31,7 +34,8 @@ QUERIES = {
 def queries(*, namespace: str, track: MetricTrack, window_seconds: float) -> dict[str, str]:
     """The PromQL of each figure for `track` over the last `window_seconds` (whole
     seconds, at least one)."""
-    sel = SELECTOR.format(namespace=namespace, model=track.model, version=track.version)
+    sel = SELECTOR.format(namespace=namespace, model=track.model, version=track.version,
+                          route=ROUTES[track.route])
     errors = "|".join(sorted({"5xx", *SERVER_ERRORS}))
     window = max(1, math.ceil(window_seconds))
     return {k: q.format(sel=sel, window=window, errors=errors) for k, q in QUERIES.items()}

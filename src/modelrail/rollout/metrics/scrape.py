@@ -34,12 +34,18 @@ class _Counters:
     buckets: dict[float, float] = field(default_factory=dict)  # le → cumulative count
 
 
-def parse(text: str, model: str, version: str) -> _Counters:
+def parse(text: str, model: str, version: str, route: str = "split") -> _Counters:
+    """The counters of `model` at `version`: of the split's requests (every `route` label
+    but "header", or none: a server without the label), or of the header-routed ones."""
     out = _Counters()
     for family in text_string_to_metric_families(text):
         for s in family.samples:
             labels = s.labels
             if labels.get("model") != model or labels.get("version") != version:
+                continue
+            if s.name in ("modelrail_requests_total",
+                          "modelrail_request_duration_seconds_bucket") and \
+                    (labels.get("route") == "header") != (route == "header"):
                 continue
             if s.name == "modelrail_requests_total":
                 out.requests += s.value
@@ -77,7 +83,8 @@ class ScrapeProvider:
 
     def __init__(self, *, timeout: float = 2.0) -> None:
         self.timeout = timeout
-        self._last: dict[tuple[str, str], dict[str, _Counters]] = {}  # (model, version)
+        # (model, version, route) → each instance's last counters
+        self._last: dict[tuple[str, str, str], dict[str, _Counters]] = {}
 
     def sample(self, *, track: MetricTrack, window_seconds: float) -> TrafficSample | None:
         """What `track` served since the previous call for its model version (the first
@@ -85,14 +92,14 @@ class ScrapeProvider:
         no instance or one cannot be scraped (a missing instance makes it unknowable)."""
         if not track.urls:
             return None
-        key = (track.model, track.version)
+        key = (track.model, track.version, track.route)
         before = self._last.get(key, {})
         now: dict[str, _Counters] = {}
         for url in track.urls:
             text = self._get(url)
             if text is None:
                 return None
-            now[url] = parse(text, track.model, track.version)
+            now[url] = parse(text, track.model, track.version, track.route)
         self._last[key] = now  # instances no longer listed are forgotten
         requests = errors = 0.0
         buckets: dict[float, float] = defaultdict(float)

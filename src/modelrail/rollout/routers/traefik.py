@@ -89,7 +89,8 @@ class TraefikRouter:
         with self._lock:
             routes = {name: {"stable": list(r.stable.instances),
                              "canary": list(r.canary.instances),
-                             "canary_weight": r.canary_weight}
+                             "canary_weight": r.canary_weight,
+                             "header": list(r.header) if r.header else None}
                       for name, r in self.routes.items()}
         return {"pid": self.proc.pid if self.proc else None, "http_port": self.http_port,
                 "grpc_port": self.grpc_port, "api_port": self.api_port,
@@ -106,7 +107,8 @@ class TraefikRouter:
         for name, r in state["routes"].items():
             router.routes[name] = Route(Pool([router._endpoint(p) for p in r["stable"]]),
                                         Pool([router._endpoint(p) for p in r["canary"]]),
-                                        int(r["canary_weight"]))
+                                        int(r["canary_weight"]),
+                                        tuple(r["header"]) if r.get("header") else None)
         router._write()
         if state.get("pid"):
             router.proc = Adopted(int(state["pid"]))

@@ -38,6 +38,28 @@ def test_kubelet_config_fits_this_machine(tmp_path: Path) -> None:
     assert cfg["containerRuntimeEndpoint"] == f"unix://{lay.containerd_socket}"
     assert cfg["authentication"]["anonymous"]["enabled"] is False
     assert cfg["clusterDNS"] == [c.DNS_SERVICE_IP]
+    # imported images cannot be pulled back: no image GC on a nearly full shared disk (it
+    # once deleted the pause image, and every new pod failed to get a sandbox)
+    assert cfg["imageGCHighThresholdPercent"] == 100
+
+
+def test_the_archive_cache_keeps_the_recently_used_within_its_limit(tmp_path: Path) -> None:
+    from modelrail.cluster.images import prune_archives
+
+    now = time.time()
+    paths = []
+    for i, age_hours in enumerate((30, 20, 10, 5, 0)):  # oldest first; the last in use
+        p = tmp_path / f"{i}.tar"
+        p.write_bytes(b"x" * 100)
+        os.utime(p, (now - age_hours * 3600, now - age_hours * 3600))
+        paths.append(p)
+    deleted = prune_archives(tmp_path, keep=paths[0], limit=300)
+    # the oldest is kept (asked for), then the least recently used go until 300 ≤ 300…
+    assert deleted == [paths[1], paths[2]]
+    assert [p.exists() for p in paths] == [True, False, False, True, True]
+    # …and one used within the hour is never deleted, even over the limit
+    assert prune_archives(tmp_path, limit=0) == [paths[0], paths[3]]
+    assert paths[4].exists()
 
 
 def test_containerd_config_keeps_everything_under_the_state_folder(tmp_path: Path) -> None:

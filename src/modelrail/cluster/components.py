@@ -237,7 +237,9 @@ def kubelet_config(lay: c.Layout, pki: Pki, index: int = 0) -> dict[str, Any]:
         # a shared machine's disk is not ours to keep free: evict only when nearly full
         "evictionHard": {"memory.available": "100Mi", "nodefs.available": "2%",
                          "imagefs.available": "2%", "nodefs.inodesFree": "2%"},
-        "imageGCHighThresholdPercent": 99, "imageGCLowThresholdPercent": 98,
+        # no image GC: the images were imported (there is no registry to pull them back
+        # from), so a nearly full shared disk must not delete the pause or add-on images
+        "imageGCHighThresholdPercent": 100, "imageGCLowThresholdPercent": 99,
         "serializeImagePulls": False,
         "containerLogMaxSize": "10Mi", "containerLogMaxFiles": 2,
     }

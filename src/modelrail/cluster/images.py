@@ -28,6 +28,7 @@ import sys
 import tarfile
 import tempfile
 import threading
+import time
 from pathlib import Path
 
 from modelrail.cluster import config as c
@@ -207,15 +208,44 @@ def archive(ref: str) -> tuple[Path, str]:
                            accepted="an image built on this machine (no registry here)")
     image_id = podman.image_id(ref)
     out = c.cluster_cache() / "archives" / f"{image_id}.tar"
-    if not out.is_file():
-        out.parent.mkdir(parents=True, exist_ok=True)
-        tmp = out.with_suffix(f".tmp{os.getpid()}-{threading.get_ident()}")
-        try:
-            podman.save_oci_archive(ref, tmp)
-            os.replace(tmp, out)
-        finally:
-            tmp.unlink(missing_ok=True)
+    if out.is_file():
+        os.utime(out)  # used now: the last to go when the cache is pruned
+        return out, image_id
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_suffix(f".tmp{os.getpid()}-{threading.get_ident()}")
+    try:
+        podman.save_oci_archive(ref, tmp)
+        os.replace(tmp, out)
+    finally:
+        tmp.unlink(missing_ok=True)
+    prune_archives(out.parent, keep=out)
     return out, image_id
+
+
+# the archive cache holds at most this much: every rebuilt image has a new id, and the
+# disk is shared (a nearly full one makes kubelets evict)
+ARCHIVE_CACHE_BYTES = 4 << 30
+ARCHIVE_MIN_AGE_SECONDS = 3600.0  # a younger archive may be in use by another `up`
+
+
+def prune_archives(folder: Path, *, keep: Path | None = None,
+                   limit: int = ARCHIVE_CACHE_BYTES) -> list[Path]:
+    """Delete the least recently used archives until the cache holds at most `limit`
+    bytes; never `keep` nor one used within the last hour. The deleted ones."""
+    now = time.time()
+    archives = sorted((p for p in folder.glob("*.tar") if p.is_file()),
+                      key=lambda p: p.stat().st_mtime)
+    total = sum(p.stat().st_size for p in archives)
+    deleted = []
+    for p in archives:
+        if total <= limit:
+            break
+        if p == keep or now - p.stat().st_mtime < ARCHIVE_MIN_AGE_SECONDS:
+            continue
+        total -= p.stat().st_size
+        p.unlink(missing_ok=True)
+        deleted.append(p)
+    return deleted
 
 
 def ctr(socket: Path, *args: str, timeout: float = 300.0) -> str:

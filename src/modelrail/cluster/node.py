@@ -813,6 +813,21 @@ def down(state_dir: Path, *, purge: bool = False, grace: float = 10.0) -> DownRe
     return report
 
 
+def _ancestors() -> set[int]:
+    """This process and its ancestors: their command lines may name the state folder
+    (a wrapper running `modelrail cluster down --state-dir …`), and they are not left
+    behind by the cluster."""
+    found, pid = set(), os.getpid()
+    while pid > 1 and pid not in found:
+        found.add(pid)
+        try:
+            stat = Path(f"/proc/{pid}/stat").read_text()
+        except OSError:
+            break
+        pid = int(stat.rsplit(")", 1)[1].split()[1])  # the field after the state: ppid
+    return found
+
+
 def leftovers(state_dir: Path) -> list[str]:
     """Anything of the cluster kept in `state_dir` still on the machine: its processes
     (recorded, in the namespace, in the pod cgroups, shims of its containerd, any process
@@ -827,9 +842,9 @@ def leftovers(state_dir: Path) -> list[str]:
     found += [f"process {p} in {c.NETNS}" for p in netns.pids()]
     found += [f"process {p} in the pod cgroups" for p in _cgroup_pids()]
     found += [f"shim {p}" for n in lay.nodes_on_disk() for p in _shims(n.containerd_socket)]
-    me = os.getpid()
+    mine = _ancestors()  # this process and those that started it (`timeout … down`)
     for entry in Path("/proc").iterdir():
-        if entry.name.isdigit() and int(entry.name) != me:
+        if entry.name.isdigit() and int(entry.name) not in mine:
             argv = _cmdline(int(entry.name))
             if any(str(state_dir) in a for a in argv) and pid_alive(int(entry.name)):
                 found.append(f"process {entry.name}: {' '.join(argv)[:120]}")

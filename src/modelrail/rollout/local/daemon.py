@@ -42,6 +42,7 @@ from typing import Any
 import httpx
 
 from modelrail.errors import CorruptStateError
+from modelrail.infra import manifests
 from modelrail.infra.config import StackConfig, load_stack
 from modelrail.models.registry import Registry
 from modelrail.rollout.core.autoscaler import (
@@ -111,12 +112,11 @@ class Daemon:
                 runtime = ContainerRuntime(image=self.image, project=self.project,
                                            stack=self.store.env, env_name=self.store.env,
                                            extra_env=passed)
-            header = self.config.rollout.header_route
+            # the servers' environment a Deployment of the stack gets for its headerRoute
+            header_env = {e["name"]: e["value"]
+                          for e in manifests.header_route_env(self.config)}
             self.env = LocalEnvironment(name=self.store.env, run_dir=self.store.run_dir,
-                                        extra_env={} if header is None else {
-                                            "MODELRAIL_HEADER_ROUTE":
-                                                f"{header.name}={header.value}"},
-                                        workers=self.config.workers,
+                                        extra_env=header_env, workers=self.config.workers,
                                         grpc_models=tuple(m.name for m in self.models),
                                         runtime=runtime)
             self.env.start()

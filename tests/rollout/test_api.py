@@ -24,6 +24,7 @@ FULL: dict[str, Any] = {
                    "minRequestsPerStep": 50},
     "failureLimit": 2, "progressDeadlineSeconds": 900, "manualGates": [50], "abort": False,
     "preTrafficAnalysis": True, "headerRoute": {"name": "x-model-cohort", "value": "canary"},
+    "shadow": {"percent": 20.0, "minPairs": 300, "queue": 128, "timeoutSeconds": 1.5},
 }
 
 

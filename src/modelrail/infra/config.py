@@ -106,14 +106,28 @@ class Quota(_Model):
     _check = field_validator("cpu", "memory")(_quantity)
 
 
+_ADDRESS = re.compile(r"^https?://[a-z0-9]([-a-z0-9.]*[a-z0-9])?(:[0-9]{1,5})?$")
+
+
 class Gateway(_Model):
     name: str
     namespace: str
+    # the gateway's HTTP listener as pods of the stack reach it (a Service URL): where the
+    # stable servers' mirror sends in a shadow phase; required when rollout.shadow is set
+    address: str | None = None
 
     @field_validator("name", "namespace")
     @classmethod
     def _check(cls, v: str) -> str:
         return _dns(v)
+
+    @field_validator("address")
+    @classmethod
+    def _address(cls, v: str | None) -> str | None:
+        if v is not None and not _ADDRESS.fullmatch(v):
+            raise ValueError("must be http(s)://host[:port] with no path, e.g. "
+                             "http://modelrail-gateway.gateway-system.svc:80")
+        return v
 
 
 def _dns(v: str) -> str:
@@ -159,6 +173,13 @@ class StackConfig(_Model):
         if not _HOSTNAME.fullmatch(v):
             raise ValueError("must be a DNS hostname such as models.example.com")
         return v
+
+    @model_validator(mode="after")
+    def _shadow_needs_address(self) -> StackConfig:
+        if self.rollout.shadow is not None and self.gateway.address is None:
+            raise ValueError("rollout.shadow needs gateway.address: the URL at which the "
+                             "stable servers reach the gateway to mirror requests")
+        return self
 
     @field_validator("models")
     @classmethod

@@ -13,7 +13,8 @@ from typing import Any
 
 from modelrail.infra.config import ModelSpec, StackConfig
 from modelrail.rollout import api
-from modelrail.rollout.core.policy import RolloutPolicy
+from modelrail.rollout.core.policy import SHADOW_HEADER, RolloutPolicy
+from modelrail.serving.config import ShadowSettings
 
 Obj = dict[str, Any]
 
@@ -126,6 +127,12 @@ def network_policies(cfg: StackConfig) -> list[Obj]:
                       {"to": [_ns_selector(cfg.monitoring_namespace)], "ports": _ports(9090)},
                       # the Kubernetes API server (its address differs per cluster)
                       {"ports": _ports(443, 6443)}]}},
+        *([] if cfg.rollout.shadow is None else [
+            # the stable servers' mirror reaches the canary through the gateway
+            {"apiVersion": api, "kind": "NetworkPolicy",
+             "metadata": _meta("allow-shadow-egress", cfg),
+             "spec": {"podSelector": inference, "policyTypes": ["Egress"],
+                      "egress": [{"to": [_ns_selector(cfg.gateway.namespace)]}]}}]),
         {"apiVersion": api, "kind": "NetworkPolicy",
          "metadata": _meta("allow-loadtest-egress", cfg),
          "spec": {"podSelector": {"matchLabels": {"app.kubernetes.io/component": LOADTEST}},
@@ -207,7 +214,8 @@ def model_deployment(cfg: StackConfig, model: ModelSpec, *, track: str = "stable
                 {"name": "MODELRAIL_GRPC_PORT", "value": str(GRPC_PORT)},
                 {"name": "MODELRAIL_WORKERS", "value": str(cfg.workers)},
                 {"name": "BENTOML_PORT", "value": str(HTTP_PORT)},
-                *header_route_env(cfg)],
+                *header_route_env(cfg),
+                *(shadow_env(cfg, model.name) if track == "stable" else [])],
         "resources": {"requests": {"cpu": r.cpu_request, "memory": r.memory_request},
                       "limits": {"cpu": r.cpu_limit, "memory": r.memory_limit}},
         "readinessProbe": {"httpGet": http_get, "periodSeconds": 5, "failureThreshold": 2},
@@ -291,6 +299,21 @@ def header_route_env(cfg: StackConfig) -> list[Obj]:
                                   "value": f"{h.name}={h.value}"}]
 
 
+def shadow_env(cfg: StackConfig, model: str, *, target: str | None = None) -> list[Obj]:
+    """With the stack's shadow phase, the stable servers' mirror (MODELRAIL_SHADOW): its
+    share and queue, and the gateway it sends to (`target`, default the stack's
+    gateway.address) with the model's hostname, so the route's shadow rule picks the
+    track. Only stable mirrors; a canary never does."""
+    sh = cfg.rollout.shadow
+    address = target or cfg.gateway.address
+    if sh is None or address is None:
+        return []
+    settings = ShadowSettings(percent=sh.percent, target=address,
+                              host=f"{model}.{cfg.hostname}", queue=sh.queue,
+                              timeout=sh.timeout_seconds)
+    return [{"name": "MODELRAIL_SHADOW", "value": settings.to_env()}]
+
+
 # the validation sample a cluster's operator replays (model gate) and sends as load:
 # ConfigMap `<model>-validation`, key rows.json, a JSON list of rows
 VALIDATION_KEY = "rows.json"
@@ -325,12 +348,19 @@ def _route(cfg: StackConfig, model: str, kind: str, port: int, match: Obj,
            canary_weight: int) -> Obj:
     """A model's route: the weighted split; with the stack's headerRoute, first a rule
     matching that header too (more header matches take precedence in Gateway API), on
-    stable until the operator turns it to the canary while one runs."""
+    stable until the operator turns it to the canary while one runs; with a shadow phase,
+    the HTTPRoute's rule for stable's mirror the same way."""
     rules = [{"matches": [match], "backendRefs": _backends(model, port, canary_weight)}]
     header = cfg.rollout.header_route
     if header is not None:
         rules.insert(0, {"matches": [{**match, "headers": [
             {"type": "Exact", "name": header.name, "value": header.value}]}],
+            "backendRefs": _backends(model, port, 0)})
+    if cfg.rollout.shadow is not None and kind == "HTTPRoute":
+        # stable's mirror (REST): on stable, which refuses it, until the operator turns it
+        # to the canary for the shadow phase
+        rules.insert(0, {"matches": [{**match, "headers": [
+            {"type": "Exact", "name": SHADOW_HEADER, "value": "1"}]}],
             "backendRefs": _backends(model, port, 0)})
     return {"apiVersion": GATEWAY_API, "kind": kind,
             "metadata": _meta(model, cfg, labels={"app.kubernetes.io/name": model}),

@@ -18,7 +18,7 @@ from pydantic.alias_generators import to_camel
 
 from modelrail.errors import InvalidInputError
 from modelrail.exit_codes import ExitCode
-from modelrail.rollout.core.policy import HeaderRoute, RolloutPolicy
+from modelrail.rollout.core.policy import HeaderRoute, RolloutPolicy, ShadowPolicy
 from modelrail.rollout.core.spec import Phase, RolloutSpec
 
 GROUP = "modelrail.dev"
@@ -89,6 +89,10 @@ class ModelRolloutSpec(_Camel):
     header_route: HeaderRoute | None = Field(
         default=None, description="requests with this header and value reach the canary at "
         "any weight while one runs")
+    shadow: ShadowPolicy | None = Field(
+        default=None, description="a shadow phase before the first weight: stable mirrors "
+        "this share of its requests to the canary, whose answers are compared with "
+        "stable's")
     abort: bool = Field(default=False, description="true: return all traffic to stable now")
     pre_traffic_analysis: bool = Field(
         default=True, description="analyse the ready canary (direct load and the model gate) "
@@ -123,7 +127,7 @@ class ModelRolloutSpec(_Camel):
 # ModelRolloutSpec fields that are RolloutPolicy fields of the same name (the thresholds
 # are the rest of the policy, grouped)
 _POLICY_FIELDS = ("steps", "step_seconds", "analysis_interval_seconds", "failure_limit",
-                  "progress_deadline_seconds", "manual_gates", "header_route")
+                  "progress_deadline_seconds", "manual_gates", "header_route", "shadow")
 
 
 class InvalidRolloutError(InvalidInputError):

@@ -17,7 +17,13 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Protocol
 
-from modelrail.rollout.core.analysis import GateSample, LoadSample, TrafficSample, Verdict
+from modelrail.rollout.core.analysis import (
+    GateSample,
+    LoadSample,
+    ShadowSample,
+    TrafficSample,
+    Verdict,
+)
 from modelrail.rollout.core.engine import Decision, Observation
 from modelrail.rollout.core.spec import RolloutRecord, RolloutStatus
 
@@ -76,6 +82,11 @@ class TrafficRouter(Protocol):
         RolloutSpec.header_route) to the canary whatever its weight, or back to the split
         (idempotent; returns at once). Called only for rollouts that have one."""
 
+    def set_shadow(self, *, route: str, on: bool) -> None:
+        """Point the route's shadow rule (requests carrying `x-modelrail-shadow: 1`: stable's
+        mirror) at the canary, or back at stable, which refuses them, so the mirror pauses
+        (idempotent; returns at once). Called only for rollouts with a shadow phase."""
+
     def observed_weight(self, *, route: str) -> int | None:
         """The canary weight the data plane applies now (None: the route is unknown to
         it): a weight change is done only when this shows it."""
@@ -89,7 +100,8 @@ class MetricTrack:
     version: str
     urls: tuple[str, ...] = ()  # instance URLs, for providers that scrape them directly
     # "split": requests the weighted split sent (all but the header-routed ones);
-    # "header": only those of the rollout's headerRoute (the serving metrics' route label)
+    # "header": only those of the rollout's headerRoute; "shadow": only those stable's
+    # mirror sent (the serving metrics' route label)
     route: str = "split"
 
 
@@ -102,6 +114,11 @@ class MetricProvider(Protocol):
         cannot say (no data, never success). The controller calls it at the start and at
         the end of each analysis interval, so a provider that counts increases between
         scrapes takes the first call as its baseline."""
+
+    def shadow(self, *, track: MetricTrack, window_seconds: float) -> ShadowSample | None:
+        """What the mirror of `track` (stable, in a shadow phase) did over the last
+        `window_seconds`: requests mirrored, failed, dropped, answers paired and differing;
+        None when the backend cannot say. Called like `sample`: first call the baseline."""
 
 
 @dataclass(frozen=True)

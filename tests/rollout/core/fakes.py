@@ -12,7 +12,13 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from modelrail.rollout.core.analysis import GateSample, LoadSample, TrafficSample, Verdict
+from modelrail.rollout.core.analysis import (
+    GateSample,
+    LoadSample,
+    ShadowSample,
+    TrafficSample,
+    Verdict,
+)
 from modelrail.rollout.core.engine import Decision, Observation
 from modelrail.rollout.core.spec import RolloutRecord, RolloutStatus
 from modelrail.rollout.ports import (
@@ -48,7 +54,8 @@ class FakeRouter:
         self.pending: dict[str, int] = {}
         self.sets: list[tuple[str, int]] = []
         self.header_calls: list[tuple[str, tuple[str, str], bool]] = []
-        self.events: list[tuple[str, object]] = []  # weights and header turns, in order
+        self.events: list[tuple[str, object]] = []  # weights, header and shadow turns
+        self.shadow_calls: list[tuple[str, bool]] = []
 
     def set_weight(self, *, route: str, canary_weight: int) -> None:
         self.sets.append((route, canary_weight))
@@ -59,6 +66,14 @@ class FakeRouter:
                          to_canary: bool) -> None:
         self.header_calls.append((route, header, to_canary))
         self.events.append(("header", to_canary))
+
+    def set_shadow(self, *, route: str, on: bool) -> None:
+        self.shadow_calls.append((route, on))
+        self.events.append(("shadow", on))
+
+    @property
+    def shadowing(self) -> bool:
+        return bool(self.shadow_calls) and self.shadow_calls[-1][1]
 
     def observed_weight(self, *, route: str) -> int | None:
         return self.applied.get(route, 0)
@@ -109,6 +124,8 @@ class FakePlatform:
             raise AssertionError("canary removed while the data plane still routes to it")
         if self.router.header_calls and self.router.header_calls[-1][2]:
             raise AssertionError("canary removed while header requests still go to it")
+        if self.router.shadowing:
+            raise AssertionError("canary removed while stable's mirror still reaches it")
         self.calls.append(("remove_canary", self.canary.version or "", 0))
         self.canary = _Track()
 
@@ -120,13 +137,22 @@ class FakePlatform:
 class StaticProvider:
     """Metrics a test sets per version; every call is recorded."""
 
-    def __init__(self, samples: dict[str, TrafficSample | None]) -> None:
+    def __init__(self, samples: dict[str, TrafficSample | None],
+                 shadow: ShadowSample | None = None) -> None:
         self.samples = samples
+        self.shadow_sample = shadow  # what stable's mirror did per interval
         self.calls: list[tuple[str, float]] = []
+        self.routes: list[str] = []
+        self.shadow_calls: list[tuple[str, float]] = []
 
     def sample(self, *, track: MetricTrack, window_seconds: float) -> TrafficSample | None:
         self.calls.append((track.version, window_seconds))
+        self.routes.append(track.route)
         return self.samples.get(track.version)
+
+    def shadow(self, *, track: MetricTrack, window_seconds: float) -> ShadowSample | None:
+        self.shadow_calls.append((track.version, window_seconds))
+        return self.shadow_sample
 
 
 class StaticGate:

@@ -17,6 +17,7 @@ from modelrail.rollout.routers.gateway_api import (
     GatewayAPIRouter,
     canary_weight_of,
     header_of,
+    rule_kind,
 )
 from tests.infra.harness import ROOT
 from tests.infra.schemas import validate
@@ -100,3 +101,51 @@ def test_a_bad_header_route_is_refused_by_name(name: str, value: str) -> None:
 
     with pytest.raises(ValidationError):
         HeaderRoute(name=name, value=value)
+
+
+def _shadow_cfg(header: bool = True) -> Any:
+    from modelrail.rollout.core.policy import ShadowPolicy
+    cfg = load_stack("dev", ROOT)
+    rollout = cfg.rollout.model_copy(update={"shadow": ShadowPolicy(percent=20), **(
+        {"header_route": HeaderRoute(name=HEADER[0], value=HEADER[1])} if header else {})})
+    return cfg.model_copy(update={"rollout": rollout, "gateway": cfg.gateway.model_copy(
+        update={"address": "http://modelrail-gateway.gateway-system.svc:80"})})
+
+
+def test_the_shadow_rule_turns_apart_from_the_split_and_the_header_rule() -> None:
+    """With a shadow phase the HTTPRoute (stable's mirror speaks REST) has a rule for
+    x-modelrail-shadow: 1, on stable until the operator turns it; the GRPCRoute has none.
+    Every route written stays schema-valid."""
+    cfg = _shadow_cfg()
+    objects = Objects([http_route(cfg, "iris"), grpc_route(cfg, "iris")])
+    router = GatewayAPIRouter(objects)
+    http, grpc = objects.routes["httproutes"], objects.routes["grpcroutes"]
+    validate(http)
+    assert [rule_kind(r) for r in http["spec"]["rules"]] == ["shadow", "header", "split"]
+    assert [rule_kind(r) for r in grpc["spec"]["rules"]] == ["header", "split"]
+    shadow_rule = http["spec"]["rules"][0]
+    assert shadow_rule["matches"][0]["headers"] == [
+        {"type": "Exact", "name": "x-modelrail-shadow", "value": "1"}]
+    assert _backends(shadow_rule) == {"iris-stable": 100, "iris-canary": 0}
+    assert header_of(http) == HEADER  # the cohort header, not the shadow's
+    router.set_shadow(route="iris", on=True)
+    router.set_header_route(route="iris", header=HEADER, to_canary=True)
+    router.set_weight(route="iris", canary_weight=0)
+    http = objects.routes["httproutes"]
+    validate(http)
+    assert [_backends(r)["iris-canary"] for r in http["spec"]["rules"]] == [100, 100, 0]
+    assert canary_weight_of(http, "iris", kind="shadow") == 100
+    assert router.observed_weight(route="iris") == 0
+    writes = objects.patches
+    router.set_shadow(route="iris", on=True)  # idempotent: no write
+    assert objects.patches == writes
+    router.set_shadow(route="iris", on=False)
+    assert canary_weight_of(objects.routes["httproutes"], "iris", kind="shadow") == 0
+    assert canary_weight_of(objects.routes["httproutes"], "iris", header_rules=True) == 100
+
+
+def test_a_route_without_the_shadow_rule_is_named() -> None:
+    objects = Objects(_routes(header=False))
+    with pytest.raises(NotFoundError, match="x-modelrail-shadow") as err:
+        GatewayAPIRouter(objects).set_shadow(route="iris", on=True)
+    assert "shadow" in err.value.accepted

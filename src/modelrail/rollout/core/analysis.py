@@ -72,6 +72,33 @@ class LoadSample:
 
 
 @dataclass(frozen=True)
+class ShadowSample:
+    """What stable's mirror did over an interval (serving/shadow.py counters): requests
+    the canary answered, failed (an error, a timeout), dropped (the bounded queue was
+    full) or refused as "shadowing off"; and the answers paired with stable's."""
+
+    answered: int = 0
+    failed: int = 0
+    dropped: int = 0
+    off: int = 0
+    pairs: int = 0
+    disagreements: int = 0
+
+    @property
+    def mirrored(self) -> int:
+        """Requests that reached the canary or tried to."""
+        return self.answered + self.failed
+
+    def plus(self, other: ShadowSample) -> ShadowSample:
+        return ShadowSample(**{k: getattr(self, k) + getattr(other, k)
+                               for k in self.as_dict()})
+
+    def as_dict(self) -> dict[str, int]:
+        return {"answered": self.answered, "failed": self.failed, "dropped": self.dropped,
+                "off": self.off, "pairs": self.pairs, "disagreements": self.disagreements}
+
+
+@dataclass(frozen=True)
 class Measurements:
     canary: TrafficSample | None = None
     stable: TrafficSample | None = None
@@ -80,6 +107,9 @@ class Measurements:
     seconds: float | None = None  # how long the interval lasted (for rates in the records)
     # the canary's header-routed requests (RolloutSpec.header_route), never in `canary`
     header: TrafficSample | None = None
+    # in the shadow phase: stable's mirror over the phase so far (`canary` is then the
+    # canary's mirrored requests)
+    shadow: ShadowSample | None = None
 
 
 @dataclass(frozen=True)
@@ -244,6 +274,50 @@ def check_header_traffic(spec: RolloutSpec, m: Measurements) -> Check | None:
     p99 = "–" if h.p99_ms is None else f"{h.p99_ms:.1f} ms"
     return Check("header traffic", Status.PASS,
                  f"{h.requests} requests, error rate {rate:.2%}, p99 {p99}")
+
+
+def check_shadow(spec: RolloutSpec, m: Measurements) -> Check:
+    """The shadow phase's answers, judged by the model gate's rule: the share of mirrored
+    inputs the canary answers differently from stable, with its 99 % Wilson bound. A bound
+    already above the limit fails at once; fewer than `min_pairs` compared is no data; the
+    mirror's own failures (a canary error or timeout on a mirrored request) count against
+    the error limit."""
+    assert spec.shadow is not None
+    t, sh = spec.thresholds, m.shadow
+    if sh is None or (sh.mirrored == 0 and sh.pairs == 0):
+        return Check("shadow", Status.INCONCLUSIVE,
+                     "no mirrored requests yet (the shadow phase needs user traffic)")
+    limit = t.max_label_disagreement
+    rate = sh.disagreements / sh.pairs if sh.pairs else 0.0
+    low, high = wilson(sh.disagreements, sh.pairs)
+    facts = (f"{sh.mirrored} mirrored, {sh.pairs} pairs, {rate:.1%} differ "
+             f"(99% bound {low:.1%}–{high:.1%}), {sh.failed} failed, {sh.dropped} dropped")
+    if sh.pairs and low > limit:
+        return Check("shadow", Status.FAIL, f"{facts}: above {limit:.1%}", decisive=True)
+    if sh.mirrored and wilson(sh.failed, sh.mirrored)[0] > t.max_error_rate:
+        return Check("shadow", Status.FAIL, f"{facts}: mirror failures certainly above "
+                     f"{t.max_error_rate:.2%}", decisive=True)
+    if sh.pairs < spec.shadow.min_pairs:
+        return Check("shadow", Status.INCONCLUSIVE,
+                     f"{facts}; {sh.pairs} pairs < {spec.shadow.min_pairs} needed")
+    if rate > limit:
+        return Check("shadow", Status.FAIL, f"{facts}: {rate:.1%} > {limit:.1%}")
+    if sh.failed / sh.mirrored > t.max_error_rate:
+        return Check("shadow", Status.FAIL,
+                     f"{facts}: mirror failures above {t.max_error_rate:.2%}")
+    return Check("shadow", Status.PASS, facts)
+
+
+def analyse_shadow(spec: RolloutSpec, m: Measurements) -> Verdict:
+    """The shadow phase: the canary's answers to mirrored requests and the mirror's
+    failures over the phase so far (check_shadow), and its latency under that traffic over
+    the interval (`m.canary`: the mirrored requests only) — judged when the interval had
+    enough of them for a p99, a certain failure at once."""
+    checks = [check_shadow(spec, m)]
+    latency = check_latency(spec, m)
+    if latency.status is not Status.INCONCLUSIVE:
+        checks.append(latency)
+    return Verdict(status=max(c.status for c in checks), checks=tuple(checks))
 
 
 def analyse(spec: RolloutSpec, m: Measurements) -> Verdict:

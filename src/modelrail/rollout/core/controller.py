@@ -113,10 +113,15 @@ class RolloutController:
                  view=self.platform.view(model=model),
                  observed_weight=self.router.observed_weight(route=model))
         self._route_header(t)
+        self._route_shadow(t)
         if (abort or resume) and self.record.load_handle is not None:
             self._end_interval(cancel=True)  # a person's command is decided on now
         measurements = None
-        if self._analysing(t):
+        if self._analysing(t) and self.status.phase is Phase.SHADOWING:
+            measurements = self._shadow_interval(t)
+            if measurements is None:
+                return self.status  # the interval still runs
+        elif self._analysing(t):
             if self.record.load_handle is None:
                 self._start_interval(t)
                 return self.status  # the result is read on a later tick
@@ -138,12 +143,26 @@ class RolloutController:
         self.router.set_header_route(route=self.spec.model, header=header, to_canary=True)
         self._save(self.record.evolve(header_to_canary=True), None)
 
+    def _route_shadow(self, t: Tick) -> None:
+        """With a shadow phase, the route's shadow rule points at the canary exactly while
+        the rollout is in it and the canary is ready (stable's mirror reaches it), and at
+        stable otherwise (the mirror finds its requests refused and pauses)."""
+        if self.spec.shadow is None:
+            return
+        want = (self.status.phase is Phase.SHADOWING and t.view.canary.ready
+                and not t.abort)
+        if want != self.record.shadow_on:
+            self.router.set_shadow(route=self.spec.model, on=want)
+            self._save(self.record.evolve(shadow_on=want), None)
+
     def _analysing(self, t: Tick) -> bool:
         canary, phase = t.view.canary, self.status.phase
         if t.abort or t.resume or not canary.ready or canary.scaling or not t.view.stable.ready:
             return False
         if phase is Phase.INITIALIZING:
             return self.spec.pre_traffic_analysis
+        if phase is Phase.SHADOWING:
+            return self.record.shadow_on
         return (phase in (Phase.PROGRESSING, Phase.PAUSED)
                 and t.observed_weight == self.status.weight)
 
@@ -221,6 +240,32 @@ class RolloutController:
         return Measurements(canary=canary, stable=stable, gate=gate, load=load,
                             seconds=window, header=header)
 
+    def _shadow_interval(self, t: Tick) -> Measurements | None:
+        """The shadow phase's interval: no load (the traffic is the users'), the mirror's
+        counters on stable and the canary's mirrored requests over `load_seconds`; each
+        interval's end is the next one's start."""
+        s = self.spec
+        stable_track = MetricTrack(s.model, s.stable_version, t.view.stable.instance_urls)
+        canary_track = MetricTrack(s.model, s.canary_version, t.view.canary.instance_urls,
+                                   route="shadow")
+        started = self.record.interval_started_at
+        if started is None or self.metrics is None:
+            if self.metrics is not None:  # the baseline of providers that count increases
+                for track in (stable_track, canary_track):
+                    self.metrics.sample(track=track, window_seconds=self.settings.load_seconds)
+                self.metrics.shadow(track=stable_track,
+                                    window_seconds=self.settings.load_seconds)
+            self._save(self.record.evolve(interval_started_at=t.now), None)
+            return None if self.metrics is not None else Measurements()
+        if t.now - started < self.settings.load_seconds:
+            return None
+        window = max(1.0, t.now - started)
+        stable = self.metrics.sample(track=stable_track, window_seconds=window)
+        canary = self.metrics.sample(track=canary_track, window_seconds=window)
+        shadow = self.metrics.shadow(track=stable_track, window_seconds=window)
+        self._save(self.record.evolve(interval_started_at=t.now), None)
+        return Measurements(canary=canary, stable=stable, shadow=shadow, seconds=window)
+
     def _end_interval(self, *, cancel: bool) -> None:
         if cancel and self.record.load_handle is not None:
             self.load.cancel(handle=self.record.load_handle)
@@ -259,6 +304,10 @@ class RolloutController:
             self._end_interval(cancel=True)
         model = self.spec.model
         self.router.set_weight(route=model, canary_weight=0)
+        if self.spec.shadow is not None:  # every time, like the headerRoute below
+            self.router.set_shadow(route=model, on=False)
+            if self.record.shadow_on:
+                self._save(self.record.evolve(shadow_on=False), None)
         if self.spec.header_route is not None:  # every time: a crash may have hidden it
             self.router.set_header_route(route=model, header=self.spec.header_route,
                                          to_canary=False)

@@ -11,16 +11,25 @@ one.
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from enum import StrEnum
 
-from modelrail.rollout.core.analysis import Measurements, Status, Verdict, analyse
+from modelrail.rollout.core.analysis import (
+    Measurements,
+    ShadowSample,
+    Status,
+    Verdict,
+    analyse,
+    analyse_shadow,
+)
 from modelrail.rollout.core.spec import Phase, RolloutSpec, RolloutStatus
 
 # The allowed moves; staying in a phase is always allowed.
 TRANSITIONS: dict[Phase, frozenset[Phase]] = {
-    Phase.INITIALIZING: frozenset({Phase.PROGRESSING, Phase.ROLLING_BACK, Phase.FAILED,
-                                   Phase.ABORTED}),
+    Phase.INITIALIZING: frozenset({Phase.SHADOWING, Phase.PROGRESSING, Phase.ROLLING_BACK,
+                                   Phase.FAILED, Phase.ABORTED}),
+    Phase.SHADOWING: frozenset({Phase.PROGRESSING, Phase.ROLLING_BACK, Phase.FAILED,
+                                Phase.ABORTED}),
     Phase.PROGRESSING: frozenset({Phase.PROGRESSING, Phase.PAUSED, Phase.PROMOTING,
                                   Phase.ROLLING_BACK, Phase.FAILED, Phase.ABORTED}),
     Phase.PAUSED: frozenset({Phase.PROGRESSING, Phase.PROMOTING, Phase.ROLLING_BACK,
@@ -124,20 +133,34 @@ def _deadline_passed(spec: RolloutSpec, status: RolloutStatus, now: float) -> bo
 
 
 def _set_step(status: RolloutStatus, spec: RolloutSpec, index: int, now: float,
-              phase: Phase = Phase.PROGRESSING) -> Decision:
+              phase: Phase = Phase.PROGRESSING, verdict: Verdict | None = None) -> Decision:
     weight = spec.steps[index]
     return Decision(status.evolve(phase=phase, step=index, weight=weight,
                                   step_started_at=None, failures=0, last_progress_at=now,
                                   message=f"step {index + 1}/{len(spec.steps)}: "
                                           f"canary weight {weight}%"),
-                    Action.SET_WEIGHT, weight)
+                    Action.SET_WEIGHT, weight, verdict)
+
+
+def _first_traffic(spec: RolloutSpec, status: RolloutStatus, now: float,
+                   verdict: Verdict | None = None) -> Decision:
+    """Out of the pre-traffic stage: into the shadow phase if the policy has one (the
+    controller turns stable's mirror to the canary), else to the first weight."""
+    if spec.shadow is None:
+        return _set_step(status, spec, 0, now, verdict=verdict)
+    return Decision(status.evolve(phase=Phase.SHADOWING, last_progress_at=now,
+                                  shadow=ShadowSample().as_dict(),
+                                  message=f"shadow phase: stable mirrors "
+                                          f"{spec.shadow.percent:g}% of its requests to the "
+                                          "canary, which answers nobody"),
+                    Action.HOLD, 0, verdict)
 
 
 def _initializing(spec: RolloutSpec, status: RolloutStatus, obs: Observation) -> Decision:
     if obs.abort:
         return _rollback(status, Phase.ABORTED, "aborted before the canary took traffic")
     if obs.canary_ready and not spec.pre_traffic_analysis:
-        return _set_step(status, spec, 0, obs.now)
+        return _first_traffic(spec, status, obs.now)
     if obs.canary_ready:
         # before any user traffic: load straight at the canary, metrics, the model gate
         verdict = analyse(spec, obs.measurements) if obs.measurements else None
@@ -145,7 +168,7 @@ def _initializing(spec: RolloutSpec, status: RolloutStatus, obs: Observation) ->
             return _rollback(status, Phase.ROLLING_BACK, "pre-traffic analysis failed (no "
                              f"user traffic reached it): {verdict.summary()}", verdict)
         if verdict is not None and verdict.status is Status.PASS:
-            return _set_step(status, spec, 0, obs.now)
+            return _first_traffic(spec, status, obs.now, verdict)
         if _deadline_passed(spec, status, obs.now):
             return _rollback(status, Phase.FAILED, "no conclusive pre-traffic analysis "
                              "before the progress deadline" +
@@ -156,6 +179,38 @@ def _initializing(spec: RolloutSpec, status: RolloutStatus, obs: Observation) ->
         return _rollback(status, Phase.FAILED, "the canary never became ready before the "
                                                "progress deadline")
     return _hold(status, "waiting for the canary to become ready")
+
+
+def _shadowing(spec: RolloutSpec, status: RolloutStatus, obs: Observation) -> Decision:
+    """Stable mirrors a share of real requests to the canary; its answers are paired with
+    stable's. The evidence adds up over the phase (status.shadow); a certain failure rolls
+    back at once, enough pairs within the limits go to the first weight, too few hold
+    until the progress deadline."""
+    if obs.abort:
+        return _rollback(status, Phase.ABORTED, "aborted in the shadow phase (no user "
+                                                "request was answered by the canary)")
+    verdict = None
+    if obs.measurements is not None:
+        m = obs.measurements
+        if m.shadow is not None:
+            total = ShadowSample(**(status.shadow or {})).plus(m.shadow)
+            status = status.evolve(shadow=total.as_dict())
+            m = replace(m, shadow=total)
+        else:  # the mirror's counters could not be read: this interval adds nothing
+            m = replace(m, shadow=ShadowSample(**(status.shadow or {})))
+        verdict = analyse_shadow(spec, m)
+        if verdict.status is Status.FAIL:
+            return _rollback(status, Phase.ROLLING_BACK, "shadow phase failed (no user "
+                             f"request was answered by the canary): {verdict.summary()}",
+                             verdict)
+        if verdict.status is Status.PASS:
+            return _set_step(status, spec, 0, obs.now, verdict=verdict)
+    if _deadline_passed(spec, status, obs.now):
+        return _rollback(status, Phase.FAILED, "the shadow phase was not conclusive before "
+                         "the progress deadline" +
+                         (f": {verdict.summary()}" if verdict else ""), verdict)
+    return _hold(status, "shadow phase" + (f": {verdict.summary()}" if verdict else
+                                           ": waiting for mirrored requests"), verdict)
 
 
 def _progressing(spec: RolloutSpec, status: RolloutStatus, obs: Observation) -> Decision:
@@ -247,6 +302,7 @@ def _rolling_back(spec: RolloutSpec, status: RolloutStatus, obs: Observation) ->
 
 _PHASES: dict[Phase, Callable[[RolloutSpec, RolloutStatus, Observation], Decision]] = {
     Phase.INITIALIZING: _initializing,
+    Phase.SHADOWING: _shadowing,
     Phase.PROGRESSING: _progressing,
     Phase.PAUSED: _paused,
     Phase.PROMOTING: _promoting,

@@ -20,6 +20,10 @@ RESERVED_HEADERS = frozenset({
     "authorization", "cookie", "grpc-timeout", "grpc-encoding", "grpc-accept-encoding",
     "user-agent", "accept", "accept-encoding"})
 
+# the header the stable servers' mirror marks its requests with (serving/shadow.py); the
+# route's shadow rule matches it, so no stack may use it as a cohort header
+SHADOW_HEADER = "x-modelrail-shadow"
+
 
 class HeaderRoute(BaseModel):
     """Requests carrying header `name` with exactly `value` reach the canary whatever its
@@ -35,10 +39,32 @@ class HeaderRoute(BaseModel):
 
     @model_validator(mode="after")
     def _not_reserved(self) -> HeaderRoute:
-        if self.name in RESERVED_HEADERS or self.name.startswith(("grpc-", "x-forwarded-")):
+        if self.name in RESERVED_HEADERS or self.name.startswith(
+                ("grpc-", "x-forwarded-", SHADOW_HEADER)):
             raise ValueError(f"headerRoute.name {self.name!r} is a header proxies or gRPC "
                              "give a meaning to; use one of your own, e.g. x-model-cohort")
         return self
+
+
+class ShadowPolicy(BaseModel):
+    """The shadow phase: after the pre-traffic analysis and before the first weight, the
+    stable servers mirror `percent`% of the requests they answer to the canary (users get
+    stable's answer only) and pair the canary's answers with their own. The phase passes
+    once `minPairs` answers were compared and the canary kept the model gate's disagreement
+    limit and the error and latency limits under that traffic; too few pairs holds it until
+    the progress deadline (then it fails)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True, alias_generator=to_camel,
+                              populate_by_name=True)
+
+    percent: float = Field(gt=0.0, le=100.0,
+                           description="share of stable's answered requests mirrored")
+    min_pairs: int = Field(default=200, ge=10, le=10_000_000,
+                           description="answers compared before the phase can pass")
+    queue: int = Field(default=256, ge=1, le=100_000,
+                       description="mirror queue per server worker; full means dropped")
+    timeout_seconds: float = Field(default=2.0, gt=0.0, le=60.0,
+                                   description="how long the mirror waits for the canary")
 
 
 class RolloutPolicy(BaseModel):
@@ -60,6 +86,7 @@ class RolloutPolicy(BaseModel):
     progress_deadline_seconds: int = Field(ge=30, le=86_400)
     manual_gates: list[int] = Field(default_factory=list)
     header_route: HeaderRoute | None = None
+    shadow: ShadowPolicy | None = None
 
     @model_validator(mode="after")
     def _steps(self) -> RolloutPolicy:

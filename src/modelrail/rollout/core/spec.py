@@ -18,6 +18,7 @@ class Phase(StrEnum):
     """Where a rollout stands; the allowed moves between phases are engine.TRANSITIONS."""
 
     INITIALIZING = "Initializing"  # canary starting; no traffic yet
+    SHADOWING = "Shadowing"  # stable mirrors a share of its requests; canary answers nobody
     PROGRESSING = "Progressing"  # canary takes its step's weight; each interval is analysed
     PAUSED = "Paused"  # at a manual gate: waits for promote (analysis still guards it)
     PROMOTING = "Promoting"  # all steps passed: stable takes the new version
@@ -45,6 +46,15 @@ class Thresholds:
 
 
 @dataclass(frozen=True)
+class ShadowSpec:
+    """The shadow phase (RolloutPolicy.shadow): stable mirrors `percent`% of the requests
+    it answers to the canary; `min_pairs` compared answers are needed to pass."""
+
+    percent: float
+    min_pairs: int
+
+
+@dataclass(frozen=True)
 class RolloutSpec:
     model: str
     stable_version: str
@@ -63,6 +73,9 @@ class RolloutSpec:
     # (header name, value): requests carrying it reach the canary at any weight while one
     # runs; analysed apart from the weighted split (None: no header routing)
     header_route: tuple[str, str] | None = None
+    # after the pre-traffic analysis, before the first weight: judge the canary's answers to
+    # mirrored user requests (None: no shadow phase)
+    shadow: ShadowSpec | None = None
 
     @classmethod
     def from_policy(cls, policy: RolloutPolicy, *, model: str, stable_version: str,
@@ -81,7 +94,10 @@ class RolloutSpec:
             progress_deadline_seconds=policy.progress_deadline_seconds,
             manual_gates=tuple(policy.manual_gates),
             header_route=(None if policy.header_route is None else
-                          (policy.header_route.name, policy.header_route.value)))
+                          (policy.header_route.name, policy.header_route.value)),
+            shadow=(None if policy.shadow is None else
+                    ShadowSpec(percent=policy.shadow.percent,
+                               min_pairs=policy.shadow.min_pairs)))
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -94,6 +110,8 @@ class RolloutSpec:
         data["manual_gates"] = tuple(data.get("manual_gates", ()))
         if data.get("header_route") is not None:
             data["header_route"] = tuple(data["header_route"])
+        if data.get("shadow") is not None:
+            data["shadow"] = ShadowSpec(**data["shadow"])
         return cls(**data)
 
 
@@ -112,6 +130,9 @@ class RolloutStatus:
     seq: int = 0
     message: str = ""
     history: tuple[dict[str, Any], ...] = field(default=())
+    # the shadow phase's evidence so far, summed over its intervals (analysis.ShadowSample
+    # fields); None before it starts or without one
+    shadow: dict[str, int] | None = None
 
     def to_dict(self) -> dict[str, Any]:
         data = asdict(self)
@@ -144,6 +165,8 @@ class RolloutRecord:
     finished: bool = False
     # the headerRoute's requests were turned to the canary (turned back when it is retired)
     header_to_canary: bool = False
+    # the route's shadow rule points at the canary: stable's mirror reaches it
+    shadow_on: bool = False
 
     def evolve(self, **changes: Any) -> RolloutRecord:
         return replace(self, **changes)
@@ -152,7 +175,7 @@ class RolloutRecord:
         return {"status": self.status.to_dict(), "executed_seq": self.executed_seq,
                 "load_handle": self.load_handle,
                 "interval_started_at": self.interval_started_at, "finished": self.finished,
-                "header_to_canary": self.header_to_canary}
+                "header_to_canary": self.header_to_canary, "shadow_on": self.shadow_on}
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> RolloutRecord:
@@ -161,4 +184,5 @@ class RolloutRecord:
                    load_handle=data.get("load_handle") or None,
                    interval_started_at=data.get("interval_started_at"),
                    finished=bool(data.get("finished", False)),
-                   header_to_canary=bool(data.get("header_to_canary", False)))
+                   header_to_canary=bool(data.get("header_to_canary", False)),
+                   shadow_on=bool(data.get("shadow_on", False)))

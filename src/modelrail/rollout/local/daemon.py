@@ -120,6 +120,12 @@ class Daemon:
                                         grpc_models=tuple(m.name for m in self.models),
                                         runtime=runtime)
             self.env.start()
+            if runtime is None:  # stable's mirror, to this environment's Traefik
+                for m in self.models:
+                    self.env.track(m.name, "stable").env = {
+                        e["name"]: e["value"] for e in manifests.shadow_env(
+                            self.config, m.name,
+                            target=f"http://127.0.0.1:{self.env.router.http_port}")}
         self._save_plane()
         for m in self.models:
             track = self.env.track(m.name, "stable")

@@ -124,6 +124,9 @@ class Track:
     ref: ModelRef | None = None
     replicas: int = 0
     instances: list[Instance] = field(default_factory=list)
+    # the environment this track's instances get beyond the environment's own (stable's
+    # mirror in a shadow phase: manifests.shadow_env, as the stable Deployment gets it)
+    env: dict[str, str] = field(default_factory=dict)
 
     def wanted(self) -> list[Instance]:
         """Instances of the wanted version that are starting or serving."""
@@ -192,7 +195,7 @@ class LocalEnvironment:
                     "extra_env": self.extra_env, "router": self.router.to_state(),
                     "runtime": self.runtime.to_state(),
                     "tracks": [{"model": m, "track": t, "ref": str(tr.ref) if tr.ref else None,
-                                "replicas": tr.replicas,
+                                "replicas": tr.replicas, "env": tr.env,
                                 "instances": [i.to_state(self.runtime)
                                               for i in tr.instances]}
                                for (m, t), tr in self.tracks.items()]}
@@ -210,7 +213,8 @@ class LocalEnvironment:
             env.tracks[(t["model"], t["track"])] = Track(
                 ref=parse_model_ref(t["ref"]) if t["ref"] else None,
                 replicas=int(t["replicas"]),
-                instances=[Instance.adopt(i, runtime) for i in t["instances"]])
+                instances=[Instance.adopt(i, runtime) for i in t["instances"]],
+                env=dict(t.get("env") or {}))
         if start_router and not env.router.running:
             env.router.start()
         return env
@@ -304,9 +308,9 @@ class LocalEnvironment:
             self.runtime.stop(inst.proc)
         return restarted
 
-    def _spawn(self, ref: ModelRef) -> Instance:
+    def _spawn(self, ref: ModelRef, env: dict[str, str]) -> Instance:
         log_path = self.run_dir / f"{ref.name}-{ref.version}-{uuid.uuid4().hex[:8]}.log"
-        host, http_port, grpc_port, handle = self.runtime.start(ref, log_path)
+        host, http_port, grpc_port, handle = self.runtime.start(ref, log_path, env=env)
         return Instance(ref=ref, host=host, http_port=http_port, grpc_port=grpc_port,
                         proc=handle, log_path=log_path)
 
@@ -319,7 +323,7 @@ class LocalEnvironment:
             if inst.ref != t.ref or inst.stage in (Stage.LEAVING, Stage.DRAINING):
                 t.instances.remove(inst)  # on its way out anyway
                 continue
-            fresh = self._spawn(inst.ref)
+            fresh = self._spawn(inst.ref, t.env)
             fresh.restarts = inst.restarts + 1
             t.instances[t.instances.index(inst)] = fresh
             restarted.append(f"{inst.ref} :{inst.http_port} -> :{fresh.http_port}")
@@ -331,7 +335,7 @@ class LocalEnvironment:
             return
         wanted = t.wanted()
         for _ in range(t.replicas - len(wanted)):
-            fresh = self._spawn(t.ref)
+            fresh = self._spawn(t.ref, t.env)
             t.instances.append(fresh)
             wanted.append(fresh)
         for inst in wanted:

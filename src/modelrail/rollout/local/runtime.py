@@ -44,8 +44,10 @@ class Started(Protocol):
 class Runtime(Protocol):
     kind: str
 
-    def start(self, ref: ModelRef, log_path: Path) -> tuple[str, int, int, Started]:
-        """Start an instance of `ref`: (host, http_port, grpc_port, handle)."""
+    def start(self, ref: ModelRef, log_path: Path,
+              env: dict[str, str] | None = None) -> tuple[str, int, int, Started]:
+        """Start an instance of `ref` with `env` added to its environment: (host,
+        http_port, grpc_port, handle)."""
         ...
 
     def stop(self, handle: Started) -> None: ...
@@ -64,12 +66,13 @@ class ProcessRuntime:
         self.workers = workers
         self.extra_env = extra_env
 
-    def start(self, ref: ModelRef, log_path: Path) -> tuple[str, int, int, Started]:
+    def start(self, ref: ModelRef, log_path: Path,
+              env: dict[str, str] | None = None) -> tuple[str, int, int, Started]:
         http_port, grpc_port = free_port(), free_port()
         config = ServingConfig(models=(ref,), grpc_port=grpc_port, grpc_host="127.0.0.1",
                                workers=self.workers)
         cmd = server_command(config, http_host="127.0.0.1", http_port=http_port,
-                             extra_env=self.extra_env)
+                             extra_env={**self.extra_env, **(env or {})})
         return "127.0.0.1", http_port, grpc_port, spawn(cmd, log_path=log_path)
 
     def stop(self, handle: Started) -> None:
@@ -113,10 +116,15 @@ class ContainerRuntime:
 
         model = ModelSpec(name=ref.name, version=ref.version, sha256=ref.sha256)
         spec = manifests.model_deployment(self.config, model)["spec"]["template"]["spec"]
+        # the stack's mirror target is the cluster's gateway, which a container here cannot
+        # reach: containers run no mirror (a shadow phase needs `--runtime process`)
+        for c in spec["containers"]:
+            c["env"] = [e for e in c.get("env", []) if e["name"] != "MODELRAIL_SHADOW"]
         return container_run(spec, name=name, network=podman.NETWORK, image=self.image,
                              extra_env=self.extra_env)
 
-    def start(self, ref: ModelRef, log_path: Path) -> tuple[str, int, int, Started]:
+    def start(self, ref: ModelRef, log_path: Path,
+              env: dict[str, str] | None = None) -> tuple[str, int, int, Started]:
         from modelrail.images.run import PodContainer
         from modelrail.infra import manifests
 

@@ -9,7 +9,8 @@ from the histogram buckets' increase, as PromQL's histogram_quantile does. A cou
 went down (an instance restarted) counts from zero, as Prometheus' rate() does.
 
 The rollout controller's MetricProvider (ports.py) on the local platform: the controller
-calls `sample` at the start of each analysis interval (the baseline) and at its end.
+calls `sample` at the start of each analysis interval (the baseline) and at its end; in a
+shadow phase `shadow` reads stable's mirror counters (modelrail_shadow_*) the same way.
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ from dataclasses import dataclass, field
 import httpx
 from prometheus_client.parser import text_string_to_metric_families
 
-from modelrail.rollout.core.analysis import TrafficSample
+from modelrail.rollout.core.analysis import ShadowSample, TrafficSample
 from modelrail.rollout.ports import MetricProvider, MetricTrack
 
 SERVER_ERRORS = frozenset({"5xx", "INTERNAL", "UNAVAILABLE", "UNKNOWN", "DEADLINE_EXCEEDED",
@@ -34,18 +35,25 @@ class _Counters:
     buckets: dict[float, float] = field(default_factory=dict)  # le → cumulative count
 
 
+# the route labels counted apart from the split (serving/metrics.py)
+APART = ("header", "shadow")
+SHADOW_FIELDS = ("answered", "failed", "dropped", "off", "pairs", "disagreements")
+
+
 def parse(text: str, model: str, version: str, route: str = "split") -> _Counters:
     """The counters of `model` at `version`: of the split's requests (every `route` label
-    but "header", or none: a server without the label), or of the header-routed ones."""
+    but "header" and "shadow", or none: a server without the label), or of the
+    header-routed ones, or of those stable's mirror sent."""
     out = _Counters()
     for family in text_string_to_metric_families(text):
         for s in family.samples:
             labels = s.labels
             if labels.get("model") != model or labels.get("version") != version:
                 continue
+            seen = labels.get("route", "split")
             if s.name in ("modelrail_requests_total",
                           "modelrail_request_duration_seconds_bucket") and \
-                    (labels.get("route") == "header") != (route == "header"):
+                    (seen if seen in APART else "split") != route:
                 continue
             if s.name == "modelrail_requests_total":
                 out.requests += s.value
@@ -54,6 +62,26 @@ def parse(text: str, model: str, version: str, route: str = "split") -> _Counter
             elif s.name == "modelrail_request_duration_seconds_bucket":
                 le = float(labels["le"])
                 out.buckets[le] = out.buckets.get(le, 0.0) + s.value
+    return out
+
+
+def parse_shadow(text: str, model: str, version: str) -> dict[str, float]:
+    """The mirror counters of `model` at `version` (the sender's): outcomes, pairs and
+    disagreements, keyed by ShadowSample's fields."""
+    out = dict.fromkeys(SHADOW_FIELDS, 0.0)
+    for family in text_string_to_metric_families(text):
+        for s in family.samples:
+            labels = s.labels
+            if labels.get("model") != model or labels.get("version") != version:
+                continue
+            if s.name == "modelrail_shadow_requests_total":
+                outcome = labels.get("outcome", "")
+                if outcome in out:
+                    out[outcome] += s.value
+            elif s.name == "modelrail_shadow_pairs_total":
+                out["pairs"] += s.value
+            elif s.name == "modelrail_shadow_disagreements_total":
+                out["disagreements"] += s.value
     return out
 
 
@@ -85,6 +113,7 @@ class ScrapeProvider:
         self.timeout = timeout
         # (model, version, route) → each instance's last counters
         self._last: dict[tuple[str, str, str], dict[str, _Counters]] = {}
+        self._last_shadow: dict[tuple[str, str], dict[str, dict[str, float]]] = {}
 
     def sample(self, *, track: MetricTrack, window_seconds: float) -> TrafficSample | None:
         """What `track` served since the previous call for its model version (the first
@@ -114,6 +143,27 @@ class ScrapeProvider:
                              p99_ms=None if p99 is None else p99 * 1000,
                              latency_buckets=tuple((le * 1000, n)
                                                    for le, n in sorted(buckets.items())))
+
+    def shadow(self, *, track: MetricTrack, window_seconds: float) -> ShadowSample | None:
+        """The mirror counters of `track`'s instances (stable) since the previous call;
+        None when it has no instance or one cannot be scraped."""
+        if not track.urls:
+            return None
+        key = (track.model, track.version)
+        before = self._last_shadow.get(key, {})
+        now: dict[str, dict[str, float]] = {}
+        for url in track.urls:
+            text = self._get(url)
+            if text is None:
+                return None
+            now[url] = parse_shadow(text, track.model, track.version)
+        self._last_shadow[key] = now
+        totals = dict.fromkeys(SHADOW_FIELDS, 0.0)
+        for url, counters in now.items():
+            last = before.get(url, {})
+            for k in SHADOW_FIELDS:
+                totals[k] += _increase(counters[k], last.get(k, 0.0))
+        return ShadowSample(**{k: round(v) for k, v in totals.items()})
 
     def _get(self, url: str) -> str | None:
         try:

@@ -11,6 +11,7 @@ class NopRouter:
         self.weights: dict[str, int] = {}
         self.calls: list[tuple[str, int]] = []
         self.header_to_canary: dict[str, bool] = {}
+        self.shadow_on: dict[str, bool] = {}
 
     def set_weight(self, *, route: str, canary_weight: int) -> None:
         self.calls.append((route, canary_weight))
@@ -19,6 +20,9 @@ class NopRouter:
     def set_header_route(self, *, route: str, header: tuple[str, str],
                          to_canary: bool) -> None:
         self.header_to_canary[route] = to_canary
+
+    def set_shadow(self, *, route: str, on: bool) -> None:
+        self.shadow_on[route] = on
 
     def observed_weight(self, *, route: str) -> int | None:
         return self.weights.get(route)

@@ -32,6 +32,7 @@ import yaml
 from modelrail.durable import atomic_write_text
 from modelrail.errors import ModelrailError
 from modelrail.processes import Adopted, Proc
+from modelrail.rollout.core.policy import SHADOW_HEADER
 from modelrail.rollout.ports import TrafficRouter
 
 Endpoint = tuple[str, int, int]  # host, http_port, grpc_port
@@ -52,6 +53,9 @@ class Route:
     canary_weight: int = 0
     # (name, value): requests carrying it go to the canary pool whatever the weight
     header: tuple[str, str] | None = None
+    # stable's mirror (x-modelrail-shadow: 1) to the canary pool (True) or back to the
+    # stable pool, which refuses it (False); None: no shadow router
+    shadow: bool | None = None
 
 
 def traefik_binary() -> str:
@@ -90,7 +94,8 @@ class TraefikRouter:
             routes = {name: {"stable": list(r.stable.instances),
                              "canary": list(r.canary.instances),
                              "canary_weight": r.canary_weight,
-                             "header": list(r.header) if r.header else None}
+                             "header": list(r.header) if r.header else None,
+                             "shadow": r.shadow}
                       for name, r in self.routes.items()}
         return {"pid": self.proc.pid if self.proc else None, "http_port": self.http_port,
                 "grpc_port": self.grpc_port, "api_port": self.api_port,
@@ -108,7 +113,8 @@ class TraefikRouter:
             router.routes[name] = Route(Pool([router._endpoint(p) for p in r["stable"]]),
                                         Pool([router._endpoint(p) for p in r["canary"]]),
                                         int(r["canary_weight"]),
-                                        tuple(r["header"]) if r.get("header") else None)
+                                        tuple(r["header"]) if r.get("header") else None,
+                                        r.get("shadow"))
         router._write()
         if state.get("pid"):
             router.proc = Adopted(int(state["pid"]))
@@ -187,6 +193,13 @@ class TraefikRouter:
         entry points), or back through the split (the router removed)."""
         with self._lock:
             self.routes.setdefault(route, Route()).header = header if to_canary else None
+            self._write()
+
+    def set_shadow(self, *, route: str, on: bool) -> None:
+        """Stable's mirrored requests (REST, header x-modelrail-shadow: 1) go to the canary
+        pool, or to the stable pool, which refuses them (a router of their own)."""
+        with self._lock:
+            self.routes.setdefault(route, Route()).shadow = on
             self._write()
 
     def observed_header(self, *, route: str) -> bool:
@@ -274,6 +287,12 @@ class TraefikRouter:
                         "entryPoints": [entry], "middlewares": ["retry"],
                         "rule": f"({rule}) && Header(`{r.header[0]}`, `{r.header[1]}`)",
                         "priority": 10_000, "service": f"{name}-{proto}-canary"}
+                if proto == "http" and r.shadow is not None:  # stable's mirror
+                    routers[f"{name}-http-shadow"] = {
+                        "entryPoints": [entry],
+                        "rule": f"({rule}) && Header(`{SHADOW_HEADER}`, `1`)",
+                        "priority": 20_000,
+                        "service": f"{name}-http-{'canary' if r.shadow else 'stable'}"}
                 if proto == "http" and n == 0:
                     routers["default-http"] = {"entryPoints": [entry],
                                                "rule": "PathPrefix(`/`)", "priority": 1,

@@ -19,6 +19,7 @@ from modelrail.cli.output import print_json
 from modelrail.errors import InvalidInputError, NotFoundError
 from modelrail.exit_codes import ExitCode
 from modelrail.rollout import api
+from modelrail.rollout.core.analysis import describe_shadow, shadow_summary
 from modelrail.rollout.core.spec import Phase
 
 
@@ -73,6 +74,8 @@ def summary(obj: dict[str, Any]) -> dict[str, Any]:
             "message": st.get("message", ""),
             "exit_code": api.exit_code_of(phase) if done else None,
             "last_analysis": st.get("lastAnalysis"),
+            # the shadow phase's evidence, from the controller's record (None without one)
+            "shadow": shadow_summary(((record or {}).get("status") or {}).get("shadow")),
             "conditions": [c for c in st.get("conditions") or [] if c.get("status") == "False"]}
 
 
@@ -146,6 +149,9 @@ def status(args: argparse.Namespace) -> int:
     else:
         print(f"{model}: stable {s['stable']} canary {s['canary']}: {s['phase']} at "
               f"{s['weight']}% — {s['message']}")
+        shadow = describe_shadow(s["shadow"])
+        if shadow:
+            print(f"  {shadow}")
         for c in s["conditions"]:
             print(f"  {c['type']}: {c.get('reason', '')}: {c.get('message', '')}")
     return int(s["exit_code"] or 0)

@@ -305,6 +305,7 @@ def _follow(files: Any, output: str, timeout: float) -> int:
 
 
 def _status(args: argparse.Namespace) -> int:
+    from modelrail.rollout.core.analysis import describe_shadow
     from modelrail.rollout.local.store import EnvStore
 
     if args.kube:
@@ -320,6 +321,9 @@ def _status(args: argparse.Namespace) -> int:
         print(f"rollout {summary['id']}: {summary['model']} {summary['stable']} -> "
               f"{summary['canary']}: {summary['phase']} at {summary['weight']}% — "
               f"{summary['message']}")
+        shadow = describe_shadow(summary.get("shadow"))
+        if shadow:
+            print(f"  {shadow}")
     return int(summary["exit_code"] or 0)
 
 
@@ -404,6 +408,10 @@ def _evidence(e: dict[str, Any]) -> str:
         parts.append(f"gate {m['gate']['disagreements']}/{m['gate']['compared']}")
     if m.get("load"):
         parts.append(f"load {m['load']['failures']}/{m['load']['requests']}")
+    if m.get("shadow_total"):
+        t = m["shadow_total"]
+        parts.append(f"shadow {t['disagreements']}/{t['pairs']} differ, "
+                     f"{t['dropped']} dropped")
     failed = [c["name"] for c in e.get("checks", []) if c["status"] == "FAIL"]
     if failed:
         parts.append("FAIL " + ",".join(failed))

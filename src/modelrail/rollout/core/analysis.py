@@ -308,6 +308,28 @@ def check_shadow(spec: RolloutSpec, m: Measurements) -> Check:
     return Check("shadow", Status.PASS, facts)
 
 
+def shadow_summary(totals: dict[str, int] | None) -> dict[str, float | int] | None:
+    """A shadow phase's evidence for people (`rollout status`, the report): requests
+    mirrored, pairs compared, the share that differ with its 99 % Wilson bound, drops."""
+    if totals is None:
+        return None
+    sh = ShadowSample(**totals)
+    low, high = wilson(sh.disagreements, sh.pairs)
+    return {**sh.as_dict(), "mirrored": sh.mirrored,
+            "disagreement": sh.disagreements / sh.pairs if sh.pairs else 0.0,
+            "disagreement_low": low, "disagreement_high": high}
+
+
+def describe_shadow(s: dict[str, float | int] | None) -> str | None:
+    """One line of a `shadow_summary`."""
+    if not s:
+        return None
+    return (f"shadow phase: {s['mirrored']} requests mirrored, {s['pairs']} answers "
+            f"compared, {s['disagreement']:.1%} differ (99% bound "
+            f"{s['disagreement_low']:.1%}–{s['disagreement_high']:.1%}), {s['failed']} "
+            f"failed, {s['dropped']} dropped")
+
+
 def analyse_shadow(spec: RolloutSpec, m: Measurements) -> Verdict:
     """The shadow phase: the canary's answers to mirrored requests and the mirror's
     failures over the phase so far (check_shadow), and its latency under that traffic over

@@ -2,8 +2,9 @@
 
 Per rollout: the versions and their sha256, the verdict, charts over time of the canary
 weight, request rate, error rate and p99 latency for stable and canary (from the analysis
-intervals in series.jsonl), the model-gate disagreement rate and the decision points (from
-the status history) drawn on every chart, then the decision table.
+intervals in series.jsonl), the model-gate disagreement rate (and the shadow phase's, with
+its evidence: requests mirrored, pairs compared, the disagreement's bound, drops) and the
+decision points (from the status history) drawn on every chart, then the decision table.
 
 Called by `modelrail rollout report` and the demo. Every string taken from the state files
 is HTML-escaped (`_e`) and every file is validated as it is read: a rollout whose request or
@@ -22,6 +23,7 @@ from pydantic import BaseModel, ConfigDict, ValidationError
 
 from modelrail.durable import atomic_write_text
 from modelrail.errors import CorruptStateError
+from modelrail.rollout.core.analysis import describe_shadow, shadow_summary
 from modelrail.rollout.local.store import EnvStore, HistoryEntry, RolloutFiles, read_jsonl
 
 W, H, PAD_L, PAD_R, PAD_T, PAD_B = 640, 170, 56, 12, 18, 28
@@ -70,6 +72,12 @@ class _Load(_Line):
     failures: int
 
 
+class _Shadow(_Line):
+    pairs: int
+    disagreements: int
+    dropped: int = 0
+
+
 L = TypeVar("L", bound=_Line)
 
 
@@ -81,6 +89,7 @@ class _SeriesLine(_Line):
     canary: _Traffic | None = None
     gate: _Gate | None = None
     load: _Load | None = None
+    shadow: _Shadow | None = None
 
 
 class _Version(_Line):
@@ -161,6 +170,17 @@ def _section(store: EnvStore, files: RolloutFiles) -> str:
                                     "canary": track("canary", "p99_ms")}, marks),
         _chart("model gate: answers that differ (%)", {"gate": gate}, marks),
     ]
+    shadow = [(x, (s.shadow.disagreements / s.shadow.pairs * 100)
+               if s.shadow and s.shadow.pairs else None)
+              for x, s in zip(t, series, strict=True)]
+    if spec.shadow is not None:
+        charts.append(_chart("shadow phase: mirrored answers that differ (%)",
+                             {"gate": shadow}, marks))
+    shadow_line = describe_shadow(shadow_summary(st.shadow if st else None))
+    shadow_text = ("" if spec.shadow is None else
+                   f"<p>Shadow phase ({_e(f'{spec.shadow.percent:g}')}% of stable's "
+                   f"requests mirrored, {_e(spec.shadow.min_pairs)} pairs needed): "
+                   f"{_e(shadow_line or 'not reached')}.</p>")
     rows = "".join(
         f"<tr><td>{h.at - t0:.1f}s</td><td>{_e(h.from_.value)} → {_e(h.to.value)}</td>"
         f"<td>{_e(h.action)}</td><td>{_e(h.weight)}%</td><td>{_e(h.message)}</td>"
@@ -185,7 +205,7 @@ def _section(store: EnvStore, files: RolloutFiles) -> str:
         f"differed ({(gate_diff / gate_total * 100) if gate_total else 0:.1f}%, limit "
         f"{spec.thresholds.max_label_disagreement * 100:.1f}%). Locust: "
         f"{sum(x.requests for x in load)} requests, {sum(x.failures for x in load)} "
-        f"failed, over {len(load)} analysis intervals.</p>{skipped}"
+        f"failed, over {len(load)} analysis intervals.</p>{shadow_text}{skipped}"
         f"<div class='grid'>{''.join(charts)}</div>"
         f"<table><tr><th>t</th><th>phase</th><th>action</th><th>weight</th><th>message</th>"
         f"<th>verdict</th></tr>{rows}</table>")

@@ -45,7 +45,12 @@ from modelrail.errors import CorruptStateError, InvalidInputError, NotFoundError
 from modelrail.exit_codes import ExitCode
 from modelrail.models.card import name_problem, version_problem
 from modelrail.processes import pid_alive
-from modelrail.rollout.core.analysis import Measurements, TrafficSample, Verdict
+from modelrail.rollout.core.analysis import (
+    Measurements,
+    TrafficSample,
+    Verdict,
+    shadow_summary,
+)
 from modelrail.rollout.core.engine import Action, Decision, Observation
 from modelrail.rollout.core.spec import Phase, RolloutRecord, RolloutSpec, RolloutStatus
 from modelrail.rollout.ports import Journal, RecordStore
@@ -301,6 +306,8 @@ class RolloutFiles:
                 "message": st.message if st else "waiting for the environment's controller",
                 "done": bool(saved and saved.finished),
                 "started_at": st.started_at if st else None,
+                # the shadow phase's evidence (None without one)
+                "shadow": shadow_summary(st.shadow) if st else None,
                 "history": list(st.history) if st else []}
 
     def finished(self) -> bool:
@@ -504,7 +511,11 @@ class AuditJournal:
                 "gate": asdict(m.gate) if m.gate else None,
                 "load": asdict(m.load) if m.load else None,
                 # the headerRoute's requests to the canary, never in "canary"
-                "header": asdict(m.header) if m.header else None}})
+                "header": asdict(m.header) if m.header else None,
+                # the shadow phase: stable's mirror over this interval ("canary" is then
+                # the canary's mirrored requests) and summed over the phase so far
+                "shadow": asdict(m.shadow) if m.shadow else None,
+                "shadow_total": d.status.shadow if m.shadow else None}})
         if m is not None:
             self._series(observation.now, before.weight, m)
 
@@ -515,7 +526,8 @@ class AuditJournal:
             "seconds": None if seconds is None else round(seconds, 3),
             "stable": _traffic(m.stable, seconds), "canary": _traffic(m.canary, seconds),
             "gate": asdict(m.gate) if m.gate else None,
-            "load": asdict(m.load) if m.load else None})
+            "load": asdict(m.load) if m.load else None,
+            "shadow": asdict(m.shadow) if m.shadow else None})
 
 
 def _traffic(sample: TrafficSample | None, seconds: float | None) -> dict[str, Any] | None:

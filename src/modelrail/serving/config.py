@@ -25,13 +25,25 @@ one channel that reaches every worker (and the one a Kubernetes Deployment sets)
   MODELRAIL_HEADER_ROUTE       NAME=VALUE: requests carrying that header and exact value are
                                counted with route="header" (a rollout's headerRoute: testers,
                                a cohort), the others route="split"; set from the stack
+  MODELRAIL_SHADOW             a rollout's shadow phase (shadow.py), unset = no mirror:
+                               percent=P,target=URL[,host=H][,queue=N][,concurrency=N]
+                               [,timeout=S] — P% (0 < P <= 100) of the answered inference
+                               requests are also sent, after answering, to the gateway at
+                               URL (http(s)://host[:port], Host header H if given), which
+                               routes them to the canary; queue (1-100000, default 256)
+                               bounds the samples waiting (full: dropped, counted),
+                               concurrency (1-64, default 4) senders per worker, timeout
+                               (0 < S <= 60 seconds, default 2) per mirrored request
 """
 
 from __future__ import annotations
 
+import math
 import os
 import re
 from dataclasses import dataclass
+from typing import NoReturn
+from urllib.parse import urlsplit
 
 from modelrail.errors import InvalidInputError
 from modelrail.models.card import parse_ref
@@ -95,6 +107,7 @@ class ServingConfig:
     access_log: bool = False
     tracing: bool = False
     header_route: tuple[str, str] | None = None
+    shadow: ShadowSettings | None = None
 
     @classmethod
     def from_env(cls, env: dict[str, str] | None = None) -> ServingConfig:
@@ -124,6 +137,7 @@ class ServingConfig:
             access_log=bool(_int(env, "MODELRAIL_ACCESS_LOG", 0, 0, 1)),
             tracing=bool(_int(env, "MODELRAIL_TRACING", 0, 0, 1)),
             header_route=parse_header_route(env.get("MODELRAIL_HEADER_ROUTE")),
+            shadow=parse_shadow(env.get("MODELRAIL_SHADOW")),
         )
 
     @property
@@ -150,6 +164,7 @@ class ServingConfig:
             "MODELRAIL_TRACING": str(int(self.tracing)),
             **({} if self.header_route is None else
                {"MODELRAIL_HEADER_ROUTE": "=".join(self.header_route)}),
+            **({} if self.shadow is None else {"MODELRAIL_SHADOW": self.shadow.to_env()}),
         }
 
 
@@ -167,6 +182,141 @@ def parse_header_route(raw: str | None) -> tuple[str, str] | None:
                                 accepted="NAME=VALUE: a lowercase header name and a value "
                                          "of letters, digits and ._~-")
     return name, value
+
+
+SHADOW_ACCEPTED = ("comma-separated KEY=VALUE: percent=P (required, 0 < P <= 100), "
+                   "target=http(s)://HOST[:PORT] (required), host=HOSTNAME, "
+                   "queue=1..100000 (default 256), concurrency=1..64 (default 4), "
+                   "timeout=SECONDS (0 < S <= 60, default 2)")
+_SHADOW_KEYS = ("percent", "target", "host", "queue", "concurrency", "timeout")
+_HOSTNAME = re.compile(r"^[A-Za-z0-9]([A-Za-z0-9.-]{0,251}[A-Za-z0-9])?(:[0-9]{1,5})?$")
+
+
+@dataclass(frozen=True)
+class ShadowSettings:
+    """A rollout's shadow phase as this server takes part in it (MODELRAIL_SHADOW): the
+    share of answered requests mirrored and where to. Checked when built, so a settings
+    object (whether parsed or made by the code that writes the environment) is valid."""
+
+    percent: float  # share of answered inference requests mirrored, 0 < percent <= 100
+    target: str  # the gateway's base URL, http(s)://host[:port], no path
+    host: str | None = None  # Host header of mirrored requests (a Gateway routes by it)
+    queue: int = 256  # samples waiting to be sent; when full, new ones are dropped
+    concurrency: int = 4  # sender tasks per worker process
+    timeout: float = 2.0  # seconds one mirrored request may take, in all
+
+    def __post_init__(self) -> None:
+        if not (_is_number(self.percent) and math.isfinite(self.percent)
+                and 0 < self.percent <= 100):
+            _shadow_error(f"percent {self.percent!r} is out of range",
+                          "percent=P with 0 < P <= 100 (a share of requests, in percent)")
+        url = urlsplit(self.target)
+        try:
+            port = url.port
+        except ValueError:
+            port = -1
+        if (url.scheme not in ("http", "https") or not url.hostname or port == -1
+                or url.path or url.query or url.fragment or url.username
+                or url.password is not None):
+            _shadow_error(f"target {self.target!r} is not a base URL",
+                          "target=http(s)://HOST[:PORT], without a path, query or "
+                          "credentials (the gateway; /v2/models/NAME/infer is added)")
+        if self.host is not None and not _HOSTNAME.match(self.host):
+            _shadow_error(f"host {self.host!r} is not a host name",
+                          "host=HOSTNAME[:PORT] (letters, digits, '.' and '-'), or no host "
+                          "key to send none")
+        if not (_is_int(self.queue) and 1 <= self.queue <= 100_000):
+            _shadow_error(f"queue {self.queue!r} is out of range",
+                          "queue=N, an integer from 1 to 100000")
+        if not (_is_int(self.concurrency) and 1 <= self.concurrency <= 64):
+            _shadow_error(f"concurrency {self.concurrency!r} is out of range",
+                          "concurrency=N, an integer from 1 to 64")
+        if not (_is_number(self.timeout) and math.isfinite(self.timeout)
+                and 0 < self.timeout <= 60):
+            _shadow_error(f"timeout {self.timeout!r} is out of range",
+                          "timeout=S, seconds with 0 < S <= 60")
+
+    def to_env(self) -> str:
+        """The MODELRAIL_SHADOW value; parse_shadow(s.to_env()) == s."""
+        parts = [f"percent={_number(self.percent)}", f"target={self.target}"]
+        if self.host is not None:
+            parts.append(f"host={self.host}")
+        parts += [f"queue={self.queue}", f"concurrency={self.concurrency}",
+                  f"timeout={_number(self.timeout)}"]
+        return ",".join(parts)
+
+
+def parse_shadow(raw: str | None) -> ShadowSettings | None:
+    """MODELRAIL_SHADOW: `percent=P,target=URL[,host=H][,queue=N][,concurrency=N]
+    [,timeout=S]`, or unset (None: no mirror)."""
+    if raw is None or not raw.strip():
+        return None
+    values: dict[str, str] = {}
+    for part in raw.split(","):
+        key, sep, value = part.strip().partition("=")
+        key, value = key.strip(), value.strip()
+        if not sep or not key:
+            _shadow_error(f"{part.strip()[:80]!r} is not KEY=VALUE", SHADOW_ACCEPTED)
+        if key not in _SHADOW_KEYS:
+            _shadow_error(f"unknown key {key[:40]!r}", SHADOW_ACCEPTED)
+        if key in values:
+            _shadow_error(f"key {key!r} is given twice", "each key once")
+        if not value:
+            _shadow_error(f"key {key!r} has no value",
+                          "a value after '=' (leave out an optional key to take its default)")
+        values[key] = value
+    for required in ("percent", "target"):
+        if required not in values:
+            _shadow_error(f"{required} is missing", SHADOW_ACCEPTED)
+    return ShadowSettings(
+        percent=_shadow_number(values, "percent", "percent=P with 0 < P <= 100"),
+        target=values["target"].rstrip("/"),
+        host=values.get("host"),
+        queue=_shadow_int(values, "queue", 256, "queue=N, an integer from 1 to 100000"),
+        concurrency=_shadow_int(values, "concurrency", 4,
+                                "concurrency=N, an integer from 1 to 64"),
+        timeout=_shadow_number(values, "timeout", "timeout=S, seconds with 0 < S <= 60",
+                               default=2.0),
+    )
+
+
+def _shadow_error(what: str, accepted: str) -> NoReturn:
+    raise InvalidInputError(what, where="MODELRAIL_SHADOW", accepted=accepted)
+
+
+def _shadow_number(values: dict[str, str], key: str, accepted: str,
+                   default: float | None = None) -> float:
+    raw = values.get(key)
+    if raw is None and default is not None:
+        return default
+    try:
+        return float(raw or "")
+    except ValueError:
+        _shadow_error(f"{key} {raw!r} is not a number", accepted)
+
+
+def _shadow_int(values: dict[str, str], key: str, default: int, accepted: str) -> int:
+    raw = values.get(key)
+    if raw is None:
+        return default
+    if not (raw.isascii() and raw.isdigit()):
+        _shadow_error(f"{key} {raw[:40]!r} is not an integer", accepted)
+    if len(raw) > 9:  # int() of thousands of digits raises; any of these is out of range
+        _shadow_error(f"{key} {raw[:40]!r} is out of range", accepted)
+    return int(raw)
+
+
+def _is_int(value: object) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _is_number(value: object) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def _number(value: float) -> str:
+    """A float as written in the environment: 20 for 20.0, else repr (exact round trip)."""
+    return str(int(value)) if float(value).is_integer() else repr(float(value))
 
 
 def _int(env: dict[str, str], key: str, default: int, lo: int, hi: int) -> int:

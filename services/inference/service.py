@@ -3,7 +3,8 @@
 A thin shell over `modelrail.serving`: each BentoML worker loads the configured models
 (exact NAME:VERSION from BentoML's model store, sha256-checked, warmed up) in `__init__`,
 serves the OIP v2 REST app mounted at "/" and starts the gRPC server on the shared port
-in its on_startup hook. Configuration comes from the environment (see
+in its on_startup hook, with the shadow mirror when MODELRAIL_SHADOW is set (a rollout's
+shadow phase: modelrail.serving.shadow). Configuration comes from the environment (see
 modelrail.serving.config). Run it with `modelrail serve NAME:VERSION …`, or
 `bentoml serve service:InferenceService` with MODELRAIL_MODELS set; package it with
 `modelrail bento build` or `bentoml build`.
@@ -26,6 +27,7 @@ from modelrail.serving.http_guard import GuardSettings, install
 from modelrail.serving.lifeline import bind_to_parent
 from modelrail.serving.repository import ModelRepository
 from modelrail.serving.rest import create_app
+from modelrail.serving.shadow import Mirror
 
 log = logging.getLogger("modelrail.service")
 
@@ -36,7 +38,9 @@ install(GuardSettings(header_timeout=CONFIG.header_timeout, body_timeout=CONFIG.
                       max_connections=CONFIG.max_connections))
 metrics.set_header_route(CONFIG.header_route)  # its requests are counted route="header"
 REPOSITORY = ModelRepository(faults=parse_faults(os.environ.get("MODELRAIL_FAULTS")))
-REST_APP = create_app(REPOSITORY, limits=CONFIG.limits)
+# one per worker (each imports this module); its senders start with the worker's loop
+MIRROR = Mirror(CONFIG.shadow) if CONFIG.shadow is not None else None
+REST_APP = create_app(REPOSITORY, limits=CONFIG.limits, mirror=MIRROR)
 
 
 @bentoml.service(
@@ -67,9 +71,11 @@ class InferenceService:
     @bentoml.on_startup
     async def start_grpc(self) -> None:
         self._flusher = asyncio.get_running_loop().create_task(metrics.flush_forever())
+        if MIRROR is not None:
+            MIRROR.start()
         self._grpc = await start_server(
             REPOSITORY, host=CONFIG.grpc_host, port=CONFIG.grpc_port, limits=CONFIG.limits,
-            handshake_timeout=CONFIG.header_timeout)
+            handshake_timeout=CONFIG.header_timeout, mirror=MIRROR)
         log.info("gRPC OIP v2 listening on %s:%d", CONFIG.grpc_host, CONFIG.grpc_port)
 
     @bentoml.on_shutdown
@@ -77,6 +83,8 @@ class InferenceService:
         if self._grpc is not None:
             # stop accepting, let in-flight calls finish within the grace period
             await self._grpc.stop(grace=CONFIG.drain_seconds)
+        if MIRROR is not None:  # after the drain (its calls offer samples), before the
+            await MIRROR.close()  # last flush, which then counts what it sent
         if self._flusher is not None:
             self._flusher.cancel()
 

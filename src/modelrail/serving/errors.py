@@ -18,6 +18,9 @@ class Kind(Enum):
     UNSUPPORTED = (415, "INVALID_ARGUMENT")  # a Content-Encoding we do not decode
     READ_ONLY = (403, "PERMISSION_DENIED")  # model repository changes (load/unload)
     UNAVAILABLE = (503, "UNAVAILABLE")  # model not ready yet (or never will be)
+    # a mirrored request (shadow.py) sent back to the version that mirrored it: the gateway's
+    # shadow rule points at stable, shadowing is off; answered at once, not counted
+    SHADOW_LOOP = (409, "FAILED_PRECONDITION")
     INTERNAL = (500, "INTERNAL")  # a fault of ours or of the model, never of the input
 
     @property

@@ -8,6 +8,9 @@ in the metrics under its status code. Outputs come back in the form the request 
 `raw_input_contents` in → `raw_output_contents` out (tritonclient's fast path); typed
 `contents` in → typed `contents` out (what KServe's client reads). Besides the six OIP v2
 RPCs it serves Triton's `ModelStatistics` and `RepositoryIndex` (statistics.py, rest.py).
+With MODELRAIL_SHADOW, answered ModelInfer calls are offered to the worker's mirror
+(shadow.py); a mirrored call sent back to the version that mirrored it is refused
+FAILED_PRECONDITION, uncounted.
 """
 
 from __future__ import annotations
@@ -25,7 +28,7 @@ from modelrail import __version__
 from modelrail.serving import metrics, statistics
 from modelrail.serving._proto import oip_v2_pb2 as pb
 from modelrail.serving.config import Limits
-from modelrail.serving.errors import InferenceError, invalid
+from modelrail.serving.errors import InferenceError, Kind, invalid
 from modelrail.serving.inference import (
     InferRequest,
     InferResponse,
@@ -42,6 +45,7 @@ from modelrail.serving.rest import (
     observe_phases,
     repository_entries,
 )
+from modelrail.serving.shadow import SHADOW_FROM_HEADER, SHADOW_HEADER, Mirror, refuse_loop
 from modelrail.serving.tensors import (
     check_datatype,
     check_shape,
@@ -123,9 +127,11 @@ def encode_infer(resp: InferResponse, *, raw: bool) -> Message:
 class InferenceServicer:
     """The six OIP v2 RPCs over a ModelRepository; each takes and returns bytes."""
 
-    def __init__(self, repo: ModelRepository, *, limits: Limits) -> None:
+    def __init__(self, repo: ModelRepository, *, limits: Limits,
+                 mirror: Mirror | None = None) -> None:
         self.repo = repo
         self.limits = limits
+        self.mirror = mirror  # with MODELRAIL_SHADOW: answered calls are offered to it
 
     async def server_live(self, data: bytes, ctx: Any) -> Message:
         _parse(pb.ServerLiveRequest, data)
@@ -155,8 +161,8 @@ class InferenceServicer:
             outputs=[tm(name=t.name, datatype=t.datatype, shape=t.shape)
                      for t in card.outputs])
 
-    async def model_infer(self, data: bytes, ctx: Any,
-                          labels: dict[str, str] | None = None) -> Message:
+    async def model_infer(self, data: bytes, ctx: Any, labels: dict[str, str] | None = None,
+                          route: str = "split") -> Message:
         msg = _parse(pb.ModelInferRequest, data)
         if not msg.model_name:
             raise invalid("model_name is required")
@@ -164,6 +170,8 @@ class InferenceServicer:
         model = self.repo.resolve(msg.model_name, msg.model_version or None)
         if labels is not None:
             labels.update(model=model.name, version=model.version)
+        if route == "shadow":  # mirrored here: refused if it came back to its sender
+            refuse_loop(version=model.version, sent_from=_metadata(ctx, SHADOW_FROM_HEADER))
         if len(data) > THREAD_DECODE_BYTES:  # a large decode leaves the event loop free
             req = await asyncio.to_thread(decode_infer, msg, self.limits)
         else:
@@ -172,6 +180,9 @@ class InferenceServicer:
         encode_started = time.perf_counter()
         out = encode_infer(resp, raw=req.binary_output)
         observe_phases(resp, time.perf_counter() - encode_started)
+        if self.mirror is not None and route != "shadow":
+            self.mirror.offer(model=model.name, version=model.version, task=model.card.task,
+                              inputs=req.inputs, outputs=resp.outputs)
         return out
 
     async def model_statistics(self, data: bytes, ctx: Any) -> Message:
@@ -210,14 +221,24 @@ class InferenceServicer:
 
 
 def _route(ctx: grpc.aio.ServicerContext[bytes, bytes]) -> str:
-    """"header" when the call carries the rollout's headerRoute (metrics.header_route)."""
+    """"shadow" when the call was mirrored here (shadow.SHADOW_HEADER), "header" when it
+    carries the rollout's headerRoute (metrics.header_route), else "split"."""
     header = metrics.header_route()
-    if header is None:
-        return "split"
+    route = "split"
     for key, value in ctx.invocation_metadata() or ():
-        if key == header[0] and value == header[1]:
-            return "header"
-    return "split"
+        if key == SHADOW_HEADER:
+            return "shadow"
+        if header is not None and key == header[0] and value == header[1]:
+            route = "header"
+    return route
+
+
+def _metadata(ctx: Any, key: str) -> str | None:
+    """The value of one invocation metadata key (the first), or None."""
+    for k, value in ctx.invocation_metadata() or ():
+        if k == key:
+            return str(value)
+    return None
 
 
 def _unary(fn: Callable[..., Awaitable[Message]], *, counted: bool) -> Any:
@@ -225,13 +246,17 @@ def _unary(fn: Callable[..., Awaitable[Message]], *, counted: bool) -> Any:
         started = time.perf_counter()
         labels = {"model": "", "version": ""}
         code = "OK"
+        observed = counted
+        route = _route(ctx) if counted else "split"
         if counted:
             metrics.request_started("grpc")
         try:
-            reply = await (fn(data, ctx, labels) if counted else fn(data, ctx))
+            reply = await (fn(data, ctx, labels, route) if counted else fn(data, ctx))
             return reply.SerializeToString()
         except InferenceError as err:
             code = err.kind.grpc_code
+            if err.kind is Kind.SHADOW_LOOP:
+                observed = False  # not traffic: uncounted
             await ctx.abort(getattr(grpc.StatusCode, code), err.message)
             raise  # unreachable: abort raises
         except Exception as exc:
@@ -245,10 +270,11 @@ def _unary(fn: Callable[..., Awaitable[Message]], *, counted: bool) -> Any:
         finally:
             if counted:
                 metrics.request_finished("grpc")
+            if observed:
                 metrics.observe_request(model=labels["model"], version=labels["version"],
                                         protocol="grpc", outcome=code,
                                         seconds=time.perf_counter() - started,
-                                        route=_route(ctx))
+                                        route=route)
 
     return grpc.unary_unary_rpc_method_handler(handler)
 
@@ -282,7 +308,8 @@ def generic_handler(servicer: InferenceServicer) -> grpc.GenericRpcHandler:
 
 
 async def start_server(repo: ModelRepository, *, host: str, port: int, limits: Limits,
-                       handshake_timeout: float = 10.0) -> grpc.aio.Server:
+                       handshake_timeout: float = 10.0,
+                       mirror: Mirror | None = None) -> grpc.aio.Server:
     max_message_bytes = limits.max_request_bytes
     server = grpc.aio.server(options=[
         ("grpc.so_reuseport", 1),
@@ -294,7 +321,8 @@ async def start_server(repo: ModelRepository, *, host: str, port: int, limits: L
         ("grpc.max_connection_idle_ms", 5 * 60 * 1000),
     ])
     server.add_generic_rpc_handlers((
-        generic_handler(InferenceServicer(repo, limits=limits)), health_handler(repo)))
+        generic_handler(InferenceServicer(repo, limits=limits, mirror=mirror)),
+        health_handler(repo)))
     bound = server.add_insecure_port(f"{host}:{port}")
     if bound == 0:
         raise OSError(f"cannot bind gRPC port {host}:{port}")

@@ -7,8 +7,9 @@ for its workers):
   modelrail_requests_total{model,version,protocol,outcome,route}
       outcome: HTTP status class (2xx, 4xx, 5xx) or gRPC status code name (OK, INTERNAL, …)
       route: "header" for requests carrying the rollout's headerRoute
-      (MODELRAIL_HEADER_ROUTE: testers, a cohort), "split" for the others — a rollout
-      analyses the two apart
+      (MODELRAIL_HEADER_ROUTE: testers, a cohort), "shadow" for requests another server
+      mirrored here (header x-modelrail-shadow, shadow.py), "split" for the others — a
+      rollout analyses them apart
   modelrail_request_duration_seconds{model,version,protocol,route}   histogram, 50 µs – 10 s
   modelrail_predictions_total{model,version,value}
       classification: value = class label; regression: value = training-target decile
@@ -22,6 +23,18 @@ for its workers):
   modelrail_last_inference_timestamp_seconds{model,version}     gauge, max over workers
   modelrail_connections_closed_total{reason}                    HTTP connections the server
       closed on a slow or surplus client (header_timeout, body_timeout, over_limit)
+  modelrail_shadow_requests_total{model,version,outcome}       requests this server
+      mirrored to the canary in a shadow phase (MODELRAIL_SHADOW, shadow.py), labelled
+      with this server's model and version; outcome: answered (the canary answered and the
+      pair was compared), failed (an error, timeout or malformed answer), dropped (the
+      mirror's queue was full), off (the gateway sent it back to this version: shadowing
+      is off)
+  modelrail_shadow_pairs_total{model,version}                   rows compared: this
+      server's answer and the canary's to the same input
+  modelrail_shadow_disagreements_total{model,version}           compared rows whose answers
+      disagree (classification: another label; regression: relative difference > 5%)
+  modelrail_shadow_queue_depth                                  gauge, samples waiting to be
+      mirrored, summed over workers
 Requests that name no servable model are counted under model="" version="": one bounded
 label, however many unknown names clients send. Any 5xx or gRPC INTERNAL/UNKNOWN is
 counted, unexpected exceptions included (rest.py and grpc_server.py catch them all).
@@ -88,6 +101,19 @@ def _m() -> dict[str, Any]:
         "closed": prom.Counter(
             "modelrail_connections_closed_total",
             "HTTP connections closed by the server on a slow or surplus client", ["reason"]),
+        "shadow": prom.Counter(
+            "modelrail_shadow_requests_total",
+            "Requests mirrored to the canary (shadow phase) by outcome",
+            ["model", "version", "outcome"]),
+        "shadow_pairs": prom.Counter(
+            "modelrail_shadow_pairs_total",
+            "Rows answered by this server and the canary, compared", ["model", "version"]),
+        "shadow_disagreements": prom.Counter(
+            "modelrail_shadow_disagreements_total",
+            "Compared rows on which the canary's answer disagrees", ["model", "version"]),
+        "shadow_queue": prom.Gauge(
+            "modelrail_shadow_queue_depth", "Samples waiting to be mirrored",
+            multiprocess_mode="livesum"),
     }
 
 
@@ -108,6 +134,12 @@ class _Buffer:
         self.rows: dict[tuple[str, str], int] = defaultdict(int)
         self.last: dict[tuple[str, str], float] = {}
         self.closed: dict[str, int] = defaultdict(int)
+        # (model, version, outcome)
+        self.shadow: dict[tuple[str, str, str], int] = defaultdict(int)
+        # (model, version) -> [pairs, disagreements]
+        self.shadow_pairs: dict[tuple[str, str], list[int]] = {}
+        self.shadow_queue: int | None = None  # None: this worker mirrors nothing
+        self.flushed_shadow_queue: int | None = None
 
 
 _buffer = _Buffer()
@@ -168,6 +200,23 @@ def observe_inference(*, model: str, version: str, rows: int, input_seconds: flo
 
 def connection_closed(reason: str) -> None:
     _buffer.closed[reason] += 1
+
+
+def observe_shadow(*, model: str, version: str, outcome: str, pairs: int = 0,
+                   disagreements: int = 0) -> None:
+    """One mirrored request's outcome; with "answered", the rows compared and how many
+    disagreed (both series exist from the first answer on, zeros included)."""
+    _buffer.shadow[(model, version, outcome)] += 1
+    if outcome == "answered":
+        entry = _buffer.shadow_pairs.get((model, version))
+        if entry is None:
+            entry = _buffer.shadow_pairs[(model, version)] = [0, 0]
+        entry[0] += pairs
+        entry[1] += disagreements
+
+
+def shadow_queue_depth(depth: int) -> None:
+    _buffer.shadow_queue = depth
 
 
 def request_started(protocol: str) -> None:
@@ -238,6 +287,16 @@ def flush() -> None:
     for reason, n in buf.closed.items():
         m["closed"].labels(reason=reason).inc(n)
     buf.closed.clear()
+    for (model, version, outcome), n in buf.shadow.items():
+        m["shadow"].labels(model=model, version=version, outcome=outcome).inc(n)
+    buf.shadow.clear()
+    for (model, version), (pairs, differ) in buf.shadow_pairs.items():
+        m["shadow_pairs"].labels(model=model, version=version).inc(pairs)
+        m["shadow_disagreements"].labels(model=model, version=version).inc(differ)
+    buf.shadow_pairs.clear()
+    if buf.shadow_queue is not None and buf.shadow_queue != buf.flushed_shadow_queue:
+        m["shadow_queue"].set(buf.shadow_queue)
+        buf.flushed_shadow_queue = buf.shadow_queue
     for protocol, n in buf.in_flight.items():
         if buf.flushed_in_flight.get(protocol) != n:
             m["in_flight"].labels(protocol=protocol).set(n)

@@ -11,11 +11,14 @@ Routes (KServe / Triton "V2" REST, plus one convenience route):
   POST /v2/repository/index                             model repository index (read-only;
                                                         load/unload answer 403)
   GET  /metrics                                         Prometheus (metrics.py)
-Thin: decode → inference.execute → encode. Every answer that is not a success is JSON
-{"error": "..."}: 400, 403, 404, 405, 413, 415 or 503 for what the client sent or asked; a
-500 only ever means a fault of the server or model, never of the input, and is counted in
-the metrics like every other inference outcome (an unexpected exception included: it is
-answered here, never left to the ASGI server, so the keep-alive connection survives).
+Thin: decode → inference.execute → encode, then, with MODELRAIL_SHADOW, the answered
+request is offered to the shadow mirror (shadow.py: it only enqueues). Every answer that
+is not a success is JSON {"error": "..."}: 400, 403, 404, 405, 413, 415 or 503 for what
+the client sent or asked (409: a mirrored request sent back to the version that mirrored
+it, shadow.py); a 500 only ever means a fault of the server or model, never of the input,
+and is counted in the metrics like every other inference outcome (an unexpected exception
+included: it is answered here, never left to the ASGI server, so the keep-alive
+connection survives).
 Request bodies may be gzip or deflate encoded; the size limit applies to the decoded bytes.
 """
 
@@ -50,6 +53,7 @@ from modelrail.serving.inference import (
     execute,
 )
 from modelrail.serving.repository import LoadedModel, ModelRepository
+from modelrail.serving.shadow import SHADOW_FROM_HEADER, SHADOW_HEADER, Mirror, refuse_loop
 from modelrail.serving.tensors import (
     check_datatype,
     check_shape,
@@ -133,9 +137,11 @@ async def _http_error(request: Request, exc: Exception) -> Response:
 class RestApi:
     """The route handlers over one repository (the caller loads the models)."""
 
-    def __init__(self, repo: ModelRepository, limits: Limits) -> None:
+    def __init__(self, repo: ModelRepository, limits: Limits,
+                 mirror: Mirror | None = None) -> None:
         self.repo = repo
         self.limits = limits
+        self.mirror = mirror  # with MODELRAIL_SHADOW: answered requests are offered to it
 
     async def live(self, _: Request) -> Response:
         return JSONResponse({"live": True})
@@ -180,12 +186,15 @@ class RestApi:
     async def _timed(self, request: Request, handler: Any) -> Response:
         started = time.perf_counter()
         labels = {"model": "", "version": ""}
+        shadow = SHADOW_HEADER in request.headers  # mirrored here by another server
         metrics.request_started("rest")
         try:
             try:
-                response: Response = await handler(request, labels)
+                response: Response = await handler(request, labels, shadow)
             except InferenceError as err:
                 response = error_response(err)
+                if err.kind is Kind.SHADOW_LOOP:
+                    return response  # not traffic: uncounted
             except Exception as exc:  # a fault of ours: answered, counted, logged
                 log.exception("unexpected error on %s", request.url.path)
                 response = JSONResponse({"error": f"internal error: {type(exc).__name__}: "
@@ -197,14 +206,26 @@ class RestApi:
                                 protocol="rest",
                                 outcome=metrics.http_outcome(response.status_code),
                                 seconds=time.perf_counter() - started,
-                                route="header" if header is not None and
+                                route="shadow" if shadow else
+                                "header" if header is not None and
                                 request.headers.get(header[0]) == header[1] else "split")
         return response
 
-    async def _infer(self, request: Request, labels: dict[str, str]) -> Response:
-        name = request.path_params["name"]
+    def _resolve_inference(self, request: Request, labels: dict[str, str],
+                           shadow: bool) -> LoadedModel:
+        """The model to answer with (labels set); a mirrored request come back to the
+        version that sent it is refused here, before any work."""
         model = self.resolve(request)
         labels.update(model=model.name, version=model.version)
+        if shadow:
+            refuse_loop(version=model.version,
+                        sent_from=request.headers.get(SHADOW_FROM_HEADER))
+        return model
+
+    async def _infer(self, request: Request, labels: dict[str, str],
+                     shadow: bool) -> Response:
+        name = request.path_params["name"]
+        model = self._resolve_inference(request, labels, shadow)
         body = await read_body(request, self.limits.max_request_bytes)
         header_length = request.headers.get(HEADER_LENGTH)
         if len(body) > THREAD_DECODE_BYTES:
@@ -216,11 +237,14 @@ class RestApi:
         encode_started = time.perf_counter()
         response = encode_infer(resp)
         observe_phases(resp, time.perf_counter() - encode_started)
+        if self.mirror is not None and not shadow:
+            self.mirror.offer(model=model.name, version=model.version, task=model.card.task,
+                              inputs=req.inputs, outputs=resp.outputs)
         return response
 
-    async def _predict(self, request: Request, labels: dict[str, str]) -> Response:
-        model = self.resolve(request)
-        labels.update(model=model.name, version=model.version)
+    async def _predict(self, request: Request, labels: dict[str, str],
+                       shadow: bool) -> Response:
+        model = self._resolve_inference(request, labels, shadow)
         body = await read_body(request, self.limits.max_request_bytes)
         if len(body) > THREAD_DECODE_BYTES:
             rows = await asyncio.to_thread(decode_records, body, model, self.limits.max_rows)
@@ -233,6 +257,9 @@ class RestApi:
         encode_started = time.perf_counter()
         response = JSONResponse(records_response(model, resp))
         observe_phases(resp, time.perf_counter() - encode_started)
+        if self.mirror is not None and not shadow:
+            self.mirror.offer(model=model.name, version=model.version, task=model.card.task,
+                              inputs=req.inputs, outputs=resp.outputs)
         return response
 
     def selected(self, request: Request) -> list[LoadedModel]:
@@ -271,9 +298,11 @@ class RestApi:
                             "with a rollout"))
 
 
-def create_app(repo: ModelRepository, *, limits: Limits) -> Starlette:
-    """The REST app over a repository (the caller loads the models)."""
-    api = RestApi(repo, limits)
+def create_app(repo: ModelRepository, *, limits: Limits,
+               mirror: Mirror | None = None) -> Starlette:
+    """The REST app over a repository (the caller loads the models); answered inference
+    requests are offered to `mirror` if given (a rollout's shadow phase)."""
+    api = RestApi(repo, limits, mirror)
     model_paths = ["/v2/models/{name}", "/v2/models/{name}/versions/{version}"]
     routes = [
         Route("/v2/health/live", api.live, methods=["GET"]),

@@ -50,7 +50,10 @@ POLICY = {
     "maxErrorRate": 0.05, "maxP99LatencyMs": 300, "maxLatencyRatio": 5.0,
     "maxErrorRateIncrease": 0.02, "maxLabelDisagreement": 0.05, "minRequestsPerStep": 20,
     "failureLimit": 1, "progressDeadlineSeconds": 300, "manualGates": [],
-    "headerRoute": {"name": "x-model-cohort", "value": "canary"}}
+    "headerRoute": {"name": "x-model-cohort", "value": "canary"},
+    # the stable servers mirror to the Gateway; a rollout runs the shadow phase only when
+    # started with shadow=True (the others pass --no-shadow)
+    "shadow": {"percent": 50, "minPairs": 100}}
 HEADER = {"x-model-cohort": "canary"}
 BODY = {"inputs": [{"name": "input", "datatype": "FP32", "shape": [1, 4],
                     "data": [5.1, 3.5, 1.4, 0.2]}]}
@@ -164,21 +167,26 @@ def ci(env: Env, *args: str, timeout: float = 120) -> subprocess.CompletedProces
         capture_output=True, text=True, timeout=timeout + 60, check=False, cwd=ROOT)
 
 
-def start_rollout(env: Env, version: str, *args: str,
+def start_rollout(env: Env, version: str, *args: str, shadow: bool = False,
                   timeout: float = 420) -> tuple[int, str]:
-    """`modelrail rollout start --kube --wait` as CI runs it: (exit code, its output)."""
+    """`modelrail rollout start --kube --wait` as CI runs it: (exit code, its output);
+    without the stack's shadow phase unless `shadow`."""
     run = ci(env, "start", "--model", f"iris:{version}", "--wait", "--timeout",
-             str(timeout), *args, timeout=timeout)
+             str(timeout), *args, *(() if shadow else ("--no-shadow",)), timeout=timeout)
     return run.returncode, run.stdout + run.stderr
 
 
-def weights(env: Env, *, header_rule: bool = False) -> dict[str, list[int]]:
-    """[stable, canary] weights of each route's split (or of its headerRoute rule)."""
+def weights(env: Env, *, header_rule: bool = False,
+            shadow_rule: bool = False) -> dict[str, list[int]]:
+    """[stable, canary] weights of each route's split (or of its headerRoute rule, or of
+    the HTTPRoute's shadow rule)."""
+    from modelrail.rollout.routers.gateway_api import rule_kind
+
+    want = "shadow" if shadow_rule else "header" if header_rule else "split"
     out = {}
-    for kind in ("httproute", "grpcroute"):
+    for kind in ("httproute",) if shadow_rule else ("httproute", "grpcroute"):
         route = get_json(env.state_dir, "-n", NS, kind, "iris")
-        rule = next(r for r in route["spec"]["rules"]
-                    if any(m.get("headers") for m in r["matches"]) == header_rule)
+        rule = next(r for r in route["spec"]["rules"] if rule_kind(r) == want)
         out[kind] = [b["weight"] for b in rule["backendRefs"]]
     return out
 

@@ -30,6 +30,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pytest
 
 from modelrail.cluster import node
@@ -292,7 +293,7 @@ def test_the_canary_hpa_scales_under_a_load_ramp_and_the_stable_hpa_is_untouched
     target = "2" if stable != "2" else "1"
     stable_hpa = _spec_writers(env, "iris-stable")
     with manual_gate_at(env, 100):
-        started = ci(env, "start", "--model", f"iris:{target}")
+        started = ci(env, "start", "--model", f"iris:{target}", "--no-shadow")
         assert started.returncode == 0, started.stdout + started.stderr
         _paused_at(env, target, 100)
         canary = _hpa(env, "iris-canary")
@@ -369,7 +370,7 @@ def test_header_requests_reach_the_canary_at_weight_0_then_ci_aborts(env: Env) -
     target = "2" if stable != "2" else "1"
     assert weights(env, header_rule=True) == {"httproute": [100, 0], "grpcroute": [100, 0]}
     with manual_gate_at(env, 50):
-        started = ci(env, "start", "--model", f"iris:{target}")
+        started = ci(env, "start", "--model", f"iris:{target}", "--no-shadow")
         assert started.returncode == 0, started.stdout + started.stderr
         with_header: Counter[str] = Counter()
         without: Counter[str] = Counter()
@@ -407,6 +408,72 @@ def test_header_requests_reach_the_canary_at_weight_0_then_ci_aborts(env: Env) -
     # promote is refused once nothing is paused: a clear error, exit 2
     late = ci(env, "promote", "--model", "iris")
     assert late.returncode == 2 and "not paused" in late.stderr, late.stdout + late.stderr
+
+
+SHIFT = np.array([2.0, 2.0, 1.0, 1.0])  # sepal length and width doubled upstream
+
+
+def _bodies(rows: Any) -> list[dict[str, Any]]:
+    return [{"inputs": [{"name": "input", "datatype": "FP32", "shape": [len(chunk), 4],
+                         "data": chunk.reshape(-1).tolist()}]}
+            for chunk in (rows[i:i + 4] for i in range(0, len(rows), 4))]
+
+
+def _shadow_rollout(env: Env, version: str,
+                    bodies: list[dict[str, Any]]) -> tuple[int, str, ClientTraffic]:
+    """A rollout with the stack's shadow phase while a client sends `bodies` through the
+    Gateway (REST: what stable's mirror copies)."""
+    traffic = ClientTraffic(f"http://{env.http}/v2/models/iris/infer", bodies[0],
+                            bodies=bodies, headers={"Host": env.host}, pause=0.01,
+                            max_seconds=480).start()
+    try:
+        code, out = start_rollout(env, version, shadow=True)
+    finally:
+        traffic.stop()
+    print(f"\nshadow rollout iris:{version}: exit {code}; {dict(traffic.results)} answered "
+          f"by {dict(traffic.versions)}\n{out[-1200:]}")
+    return code, out, traffic
+
+
+def test_the_shadow_phase_judges_a_candidate_on_live_inputs_before_it_answers_anyone(
+        env: Env, examples: dict[str, Example]) -> None:
+    """The stack's shadow phase on the cluster: the stable pods mirror half of the users'
+    requests through the real Gateway (Traefik) to the canary via the HTTPRoute's shadow
+    rule, which the operator turns to the canary for the phase only. A candidate that
+    answers the validation sample like stable (so the pre-traffic analysis passes) but
+    differs on a shifted live distribution is rolled back in the shadow phase with no user
+    request answered by it; on the usual distribution it passes and is promoted with no
+    failed request."""
+    stable = version_of(env, "stable")
+    target = "2" if stable != "2" else "1"
+    assert weights(env, shadow_rule=True) == {"httproute": [100, 0]}
+    rows = examples["iris:1"].split.X_test
+    code, out, traffic = _shadow_rollout(env, target, _bodies(rows * SHIFT))
+    assert code == rollout_api.exit_code_of("RolledBack") == 9, out
+    status = status_of(env)
+    assert "shadow phase failed" in status["message"], status["message"]
+    record = status["rollout"]["status"]
+    assert "Shadowing" in [h["to"] for h in record["history"]]
+    assert all(h["weight"] == 0 for h in record["history"]), record["history"]
+    totals = record["shadow"]
+    assert totals["pairs"] > 0 and totals["disagreements"] / totals["pairs"] > 0.05, totals
+    # every user request was answered, all by stable: none by the candidate
+    assert set(traffic.results) == {200}, traffic.results
+    assert set(traffic.versions) == {stable}, traffic.versions
+    assert weights(env, shadow_rule=True) == {"httproute": [100, 0]}
+    assert version_of(env, "canary") is None
+    text = ci(env, "status", "--model", "iris")
+    assert "shadow phase:" in text.stdout and "answers compared" in text.stdout, text.stdout
+
+    code, out, traffic = _shadow_rollout(env, target, _bodies(rows))
+    assert code == 0, out
+    record = status_of(env)["rollout"]["status"]
+    phases = [h["to"] for h in record["history"]]
+    assert phases.index("Shadowing") < phases.index("Progressing"), phases
+    assert record["shadow"]["pairs"] >= POLICY["shadow"]["minPairs"], record["shadow"]
+    assert set(traffic.results) == {200} and traffic.results[200] > 100, traffic.results
+    assert version_of(env, "stable") == target
+    assert weights(env, shadow_rule=True) == {"httproute": [100, 0]}
 
 
 def _granted(rules: list[dict[str, Any]]) -> set[tuple[str, str, str]]:

@@ -25,6 +25,7 @@ FULL: dict[str, Any] = {
     "failureLimit": 2, "progressDeadlineSeconds": 900, "manualGates": [50], "abort": False,
     "preTrafficAnalysis": True, "headerRoute": {"name": "x-model-cohort", "value": "canary"},
     "shadow": {"percent": 20.0, "minPairs": 300, "queue": 128, "timeoutSeconds": 1.5},
+    "shadowPhase": True,
 }
 
 
@@ -54,6 +55,16 @@ def test_pre_traffic_analysis_is_on_unless_the_spec_turns_it_off() -> None:
     assert api.parse_spec(base).rollout(stable="1").pre_traffic_analysis
     off = api.parse_spec({**base, "preTrafficAnalysis": False}).rollout(stable="1")
     assert not off.pre_traffic_analysis
+
+
+def test_the_shadow_phase_runs_as_the_spec_says_unless_turned_off_for_one_rollout() -> None:
+    from modelrail.rollout.core.spec import ShadowSpec
+    base = {"model": "iris", "version": "2", "steps": [10, 100],
+            "shadow": {"percent": 30, "minPairs": 150}}
+    assert api.parse_spec(base).rollout(stable="1").shadow == ShadowSpec(30, 150)
+    assert api.parse_spec({**base, "shadowPhase": False}).rollout(stable="1").shadow is None
+    with pytest.raises(api.InvalidRolloutError, match=r"shadow\.percent"):
+        api.parse_spec({**base, "shadow": {"percent": 0}})
 
 
 def test_kube_start_refuses_the_local_only_flags_by_name() -> None:

@@ -2,10 +2,10 @@
 
 The ModelRollout resource is the interface, as `kubectl` would use it: `start` sets
 `spec.version` (and clears `spec.abort`; `--no-pre-traffic` sets
-`spec.preTrafficAnalysis: false`), `promote` sets the annotation
-api.PROMOTE_ANNOTATION to the paused rollout's seq, `abort` sets `spec.abort`; `status`
-and `--wait` read `.status` written by the operator. Kubeconfig ($KUBECONFIG, --kubeconfig)
-or the in-cluster service account; the namespace from --namespace, else
+`spec.preTrafficAnalysis: false`, `--no-shadow` `spec.shadowPhase: false`), `promote` sets
+the annotation api.PROMOTE_ANNOTATION to the paused rollout's seq, `abort` sets
+`spec.abort`; `status` and `--wait` read `.status` written by the operator. Kubeconfig
+($KUBECONFIG, --kubeconfig) or the in-cluster service account; the namespace from --namespace, else
 $MODELRAIL_NAMESPACE, else the kubeconfig context's.
 """
 
@@ -93,9 +93,9 @@ def start(args: argparse.Namespace, model: str, version: str) -> int:
     if given:
         raise InvalidInputError(f"{', '.join(given)} cannot be used with --kube",
                                 where="rollout start", accepted="with --kube: --model, "
-                                "--wait, --timeout, --no-pre-traffic; the policy is the "
-                                "ModelRollout's spec (the stack's modelrail:rollout, applied "
-                                "by `pulumi up`)")
+                                "--wait, --timeout, --no-pre-traffic, --no-shadow; the policy "
+                                "is the ModelRollout's spec (the stack's modelrail:rollout, "
+                                "applied by `pulumi up`)")
     kube = Kube(args)
     obj = kube.get(model)
     s = summary(obj)
@@ -103,7 +103,8 @@ def start(args: argparse.Namespace, model: str, version: str) -> int:
         raise InvalidInputError(f"{model}:{version} is already stable in {kube.ns}",
                                 where="--model", accepted="a different version")
     kube.patch(model, {"spec": {"version": version, "abort": False,
-                                "preTrafficAnalysis": not args.no_pre_traffic}})
+                                "preTrafficAnalysis": not args.no_pre_traffic,
+                                "shadowPhase": not args.no_shadow}})
     if args.output == "text":
         print(f"rollout of {model}:{version} requested in namespace {kube.ns}")
     if not args.wait:

@@ -70,6 +70,8 @@ def add_parser(sub: Any) -> None:
     s.add_argument("--no-pre-traffic", action="store_true",
                    help="skip the analysis of the ready canary (load straight at it, model "
                         "gate) before it takes user traffic")
+    s.add_argument("--no-shadow", action="store_true",
+                   help="skip the stack's shadow phase (rollout.shadow) for this rollout")
     s.add_argument("--no-grpc-load", action="store_true",
                    help="drive REST load only (default: REST via the proxy + gRPC at the "
                         "canary)")
@@ -175,6 +177,8 @@ def _start(args: argparse.Namespace) -> int:
     spec = replace(RolloutSpec.from_policy(policy, model=name, stable_version=stable,
                                            canary_version=version),
                    pre_traffic_analysis=not args.no_pre_traffic)
+    if args.no_shadow:
+        spec = replace(spec, shadow=None)
     files = store.new_rollout(name, version)
     write_json(files.sample, {"rows": rows})
     write_json(files.request, {

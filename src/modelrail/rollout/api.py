@@ -97,6 +97,9 @@ class ModelRolloutSpec(_Camel):
     pre_traffic_analysis: bool = Field(
         default=True, description="analyse the ready canary (direct load and the model gate) "
         "before it takes any user traffic; false: judge it on live traffic only")
+    shadow_phase: bool = Field(
+        default=True, description="run the shadow phase `shadow` describes; false: skip it "
+        "for this rollout (`rollout start --kube --no-shadow`)")
 
     def policy(self) -> RolloutPolicy:
         """The canary policy, validated by the same rules as a stack's."""
@@ -108,7 +111,8 @@ class ModelRolloutSpec(_Camel):
         the spec turns it off, the canary is analysed before it takes user traffic."""
         spec = RolloutSpec.from_policy(self.policy(), model=self.model,
                                        stable_version=stable, canary_version=self.version)
-        return replace(spec, pre_traffic_analysis=self.pre_traffic_analysis)
+        return replace(spec, pre_traffic_analysis=self.pre_traffic_analysis,
+                       shadow=spec.shadow if self.shadow_phase else None)
 
     @classmethod
     def from_policy(cls, policy: RolloutPolicy, *, model: str, version: str,

@@ -213,3 +213,15 @@ def test_no_shadow_phase_no_shadow_calls() -> None:
     rig = Rig()
     assert rig.run() is Phase.SUCCEEDED
     assert rig.router.shadow_calls == [] and rig.metrics.shadow_calls == []
+
+
+def test_a_restarted_controller_starts_the_shadow_interval_again() -> None:
+    """A metric provider that counts increases lost its baseline with the controller that
+    died: the interval starts again instead of counting the phase's evidence twice."""
+    rig = shadow_rig(AGREEING)
+    while not (rig.controller.status.phase is Phase.SHADOWING
+               and rig.controller.record.interval_started_at is not None):
+        rig.tick()
+    rig.controller = rig.build()  # a new controller over the same store
+    assert rig.controller.record.interval_started_at is None
+    assert rig.run() is Phase.SUCCEEDED

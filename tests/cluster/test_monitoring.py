@@ -26,7 +26,7 @@ import pytest
 from modelrail.cluster import addons, monitoring, node, pki
 from modelrail.cluster import config as c
 from modelrail.cluster.api import Api
-from modelrail.rollout.metrics.prometheus import PrometheusProvider, queries
+from modelrail.rollout.metrics.prometheus import PrometheusProvider, queries, shadow_queries
 from modelrail.rollout.ports import MetricTrack
 from tests.cluster.conftest import NODES
 
@@ -157,10 +157,20 @@ def test_the_operators_queries_select_what_the_scrape_config_keeps() -> None:
     q = queries(namespace="modelrail-dev", track=MetricTrack(model="iris", version="1"),
                 window_seconds=30)
     assert q["requests"] == ('sum(increase(modelrail_requests_total{namespace="modelrail-dev",'
-                             'model="iris",version="1",route!="header"}[30s]))')
+                             'model="iris",version="1",route!~"header|shadow"}[30s]))')
     header = queries(namespace="modelrail-dev", window_seconds=30,
                      track=MetricTrack(model="iris", version="2", route="header"))
     assert 'version="2",route="header"}' in header["requests"]
+    mirrored = queries(namespace="modelrail-dev", window_seconds=30,
+                       track=MetricTrack(model="iris", version="2", route="shadow"))
+    assert 'version="2",route="shadow"}' in mirrored["requests"]
+    # stable's mirror counters, by outcome, over the same window
+    shadow = shadow_queries(namespace="modelrail-dev", window_seconds=30,
+                            track=MetricTrack(model="iris", version="1"))
+    assert shadow["outcomes"] == (
+        'sum by (outcome) (increase(modelrail_shadow_requests_total{namespace="modelrail-dev",'
+        'model="iris",version="1"}[30s]))')
+    assert "modelrail_shadow_pairs_total" in shadow["pairs"]
 
 
 def test_metrics_server_as_upstream_with_the_kubelets_ca() -> None:

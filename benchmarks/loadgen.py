@@ -3,7 +3,9 @@
 Closed loop: `concurrency` workers each send a pre-serialized request, wait for the reply,
 record its latency, and repeat, for a warm-up then a measured window. HTTP/1.1 keep-alive
 over raw asyncio streams (one connection per worker) and grpc.aio unary calls with raw
-bytes (one channel), so the generator's own cost is small and identical for every target.
+bytes (one channel, or `channels` of them shared round-robin by the workers: a server with
+several processes on one port sees one connection per channel), so the generator's own cost
+is small and identical for every target.
 """
 
 from __future__ import annotations
@@ -11,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import time
 from dataclasses import dataclass, field
+from typing import Any
 
 import grpc
 
@@ -90,15 +93,20 @@ async def run_http(host: str, port: int, request: bytes, *, concurrency: int,
 
 
 async def run_grpc(target: str, method: str, payload: bytes, *, concurrency: int,
-                   warmup: float, duration: float) -> Result:
+                   warmup: float, duration: float, channels: int = 1) -> Result:
     result = Result()
-    async with grpc.aio.insecure_channel(target) as channel:
-        call = channel.unary_unary(method)
+    # several channels: each with its own subchannel pool, else grpc shares one connection
+    options = [("grpc.use_local_subchannel_pool", 1)] if channels > 1 else []
+    opened = [grpc.aio.insecure_channel(target, options=options)
+              for _ in range(max(1, channels))]
+    try:
+        calls: list[Any] = [ch.unary_unary(method) for ch in opened]
         start = time.perf_counter()
         measure_from = start + warmup
         stop_at = measure_from + duration
 
-        async def worker() -> None:
+        async def worker(i: int) -> None:
+            call = calls[i % len(calls)]
             while True:
                 t0 = time.perf_counter()
                 if t0 >= stop_at:
@@ -114,6 +122,9 @@ async def run_grpc(target: str, method: str, payload: bytes, *, concurrency: int
                     result.errors += 0 if ok else 1
                     result.latencies.append(t1 - t0)
 
-        await asyncio.gather(*(worker() for _ in range(concurrency)))
+        await asyncio.gather(*(worker(i) for i in range(concurrency)))
+    finally:
+        for ch in opened:
+            await ch.close()
     result.seconds = duration
     return result

@@ -129,3 +129,30 @@ def test_a_real_server_counts_the_header_route_apart_on_both_protocols(
         assert got_header.requests == 14 and got_header.errors == 0  # 10 REST + 4 gRPC
     finally:
         stop(server.proc)
+
+
+def test_stable_mirror_counters_are_read_as_increases_after_a_baseline(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """ScrapeProvider.shadow: the first call is the baseline (None: the counters since the
+    server started are not an interval's), later calls the increase, summed over
+    instances; only the sender's model version counts."""
+    from modelrail.rollout.core.analysis import ShadowSample
+
+    def text(answered: int, dropped: int, pairs: int, differ: int) -> str:
+        return "\n".join([
+            f'modelrail_shadow_requests_total{{model="iris",version="1",outcome="answered"}} '
+            f'{answered}',
+            f'modelrail_shadow_requests_total{{model="iris",version="1",outcome="dropped"}} '
+            f'{dropped}',
+            f'modelrail_shadow_pairs_total{{model="iris",version="1"}} {pairs}',
+            f'modelrail_shadow_disagreements_total{{model="iris",version="1"}} {differ}',
+            'modelrail_shadow_pairs_total{model="iris",version="9"} 1000'])
+
+    scrapes = {"http://a": [text(10, 0, 40, 1), text(30, 2, 120, 3)],
+               "http://b": [text(5, 0, 20, 0), text(6, 0, 24, 4)]}
+    provider = ScrapeProvider()
+    monkeypatch.setattr(provider, "_get", lambda url: scrapes[url].pop(0))
+    track = MetricTrack("iris", "1", ("http://a", "http://b"))
+    assert provider.shadow(track=track, window_seconds=10) is None
+    assert provider.shadow(track=track, window_seconds=10) == ShadowSample(
+        answered=21, dropped=2, pairs=84, disagreements=6)

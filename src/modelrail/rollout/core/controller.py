@@ -86,10 +86,6 @@ class RolloutController:
         self.record = saved or RolloutRecord(status=engine.start(now))
         if saved is None:
             store.save(record=self.record, verdict=None)
-        elif saved.status.phase is Phase.SHADOWING and saved.interval_started_at is not None:
-            # a provider that counts increases lost its baseline with the old controller:
-            # the interval starts again, or the phase's evidence would be counted twice
-            self._save(saved.evolve(interval_started_at=None), None)
 
     @property
     def status(self) -> RolloutStatus:

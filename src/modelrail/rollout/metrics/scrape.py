@@ -146,10 +146,13 @@ class ScrapeProvider:
 
     def shadow(self, *, track: MetricTrack, window_seconds: float) -> ShadowSample | None:
         """The mirror counters of `track`'s instances (stable) since the previous call;
-        None when it has no instance or one cannot be scraped."""
+        None when it has no instance or one cannot be scraped, and on the first call for
+        the version (the baseline: the counters since the servers started are not this
+        interval's — e.g. after the controller restarted mid-interval)."""
         if not track.urls:
             return None
         key = (track.model, track.version)
+        first = key not in self._last_shadow
         before = self._last_shadow.get(key, {})
         now: dict[str, dict[str, float]] = {}
         for url in track.urls:
@@ -158,6 +161,8 @@ class ScrapeProvider:
                 return None
             now[url] = parse_shadow(text, track.model, track.version)
         self._last_shadow[key] = now
+        if first:
+            return None
         totals = dict.fromkeys(SHADOW_FIELDS, 0.0)
         for url, counters in now.items():
             last = before.get(url, {})

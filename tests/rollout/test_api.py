@@ -82,6 +82,23 @@ def test_kube_start_refuses_the_local_only_flags_by_name() -> None:
     assert "ModelRollout's spec" in run.stderr
 
 
+def test_kube_start_refuses_a_version_whose_rollout_already_ended() -> None:
+    """The operator rolls a version out once: starting it again would only return the old
+    verdict at once (`--wait`), so `start --kube` says so instead."""
+    from modelrail.cli.kube import ended_before, summary
+
+    def obj(phase: str, canary: str, finished: bool = True) -> dict[str, Any]:
+        return {"spec": {"model": "iris", "version": canary},
+                "status": {"phase": phase, "stableVersion": "1", "canaryVersion": canary,
+                           "rollout": {"finished": finished}}}
+
+    assert ended_before(summary(obj("RolledBack", "2")), "2") == "RolledBack"
+    assert ended_before(summary(obj("Aborted", "2")), "2") == "Aborted"
+    assert ended_before(summary(obj("RolledBack", "2")), "3") is None
+    assert ended_before(summary(obj("Shadowing", "2", finished=False)), "2") is None
+    assert ended_before(summary(obj("Succeeded", "2")), "2") is None
+
+
 def test_every_field_of_the_type_is_in_the_schema_and_nothing_else() -> None:
     props = _crd_schema(rollout_crd(), api.VERSION)["properties"]["spec"]["properties"]
     assert set(props) == set(FULL)

@@ -79,6 +79,15 @@ def summary(obj: dict[str, Any]) -> dict[str, Any]:
             "conditions": [c for c in st.get("conditions") or [] if c.get("status") == "False"]}
 
 
+def ended_before(s: dict[str, Any], version: str) -> str | None:
+    """The phase `version`'s last rollout ended in, if it ended without being promoted
+    (`summary` of the ModelRollout); the operator does not start it again."""
+    if s["canary"] == version and s["exit_code"] is not None \
+            and s["phase"] != Phase.SUCCEEDED.value:
+        return str(s["phase"])
+    return None
+
+
 # `rollout start` flags of local environments only: with --kube the policy is the
 # ModelRollout's spec (the stack's modelrail:rollout, written by `pulumi up`), the sample
 # its `<model>-validation` ConfigMap, the load its Locust Jobs
@@ -102,6 +111,13 @@ def start(args: argparse.Namespace, model: str, version: str) -> int:
     if s["stable"] == version:
         raise InvalidInputError(f"{model}:{version} is already stable in {kube.ns}",
                                 where="--model", accepted="a different version")
+    ended = ended_before(s, version)
+    if ended is not None:
+        raise InvalidInputError(
+            f"{model}:{version} already ended {ended} in {kube.ns}: the operator rolls a "
+            "version out once, so --wait would only repeat that verdict",
+            where="--model", accepted="a new version (register the candidate again under "
+            "another version), or `rollout status --kube` for that rollout's verdict")
     kube.patch(model, {"spec": {"version": version, "abort": False,
                                 "preTrafficAnalysis": not args.no_pre_traffic,
                                 "shadowPhase": not args.no_shadow}})

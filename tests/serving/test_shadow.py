@@ -137,15 +137,33 @@ def _offer(mirror: Mirror, model: str, n: int, *, output: str = "label") -> None
 
 def test_offer_samples_by_percent_and_never_waits() -> None:
     assert not inspect.iscoroutinefunction(Mirror.offer)
-    mirror = Mirror(ShadowSettings(percent=20, target="http://127.0.0.1:9", queue=100))
-    _offer(mirror, "unit-sampled", 10)
-    assert mirror._queue.qsize() == 2  # requests 5 and 10
-    assert _flushed("modelrail_shadow_queue_depth") == 2
-    _offer(mirror, "unit-sampled", 10, output="probabilities")  # nothing to compare with
-    assert mirror._queue.qsize() == 2
-    exact = Mirror(ShadowSettings(percent=2.5, target="http://127.0.0.1:9", queue=1000))
-    _offer(exact, "unit-sampled", 400)
-    assert exact._queue.qsize() == 10
+    mirror = Mirror(ShadowSettings(percent=20, target="http://127.0.0.1:9", queue=10_000))
+    _offer(mirror, "unit-sampled", 4000)
+    assert 650 <= mirror._queue.qsize() <= 950  # 800 expected; 99.99 % within
+    assert _flushed("modelrail_shadow_queue_depth") == mirror._queue.qsize()
+    before = mirror._queue.qsize()
+    _offer(mirror, "unit-sampled", 100, output="probabilities")  # nothing to compare with
+    assert mirror._queue.qsize() == before
+    every = Mirror(ShadowSettings(percent=100, target="http://127.0.0.1:9", queue=1000))
+    _offer(every, "unit-sampled", 400)
+    assert every._queue.qsize() == 400
+
+
+def test_sampling_does_not_alias_with_clients_cycling_through_inputs() -> None:
+    """A client replaying 10 inputs in turn at 20 %: every input gets mirrored (a stride of
+    5 would only ever mirror two of them, and could hide a candidate wrong on the rest)."""
+    mirror = Mirror(ShadowSettings(percent=20, target="http://127.0.0.1:9", queue=10_000))
+    for n in range(2000):
+        x = np.full((1, 4), n % 10, dtype=np.float32)
+        mirror.offer(model="unit-cycle", version="1", task="classification",
+                     inputs=[InputTensor(name="input", datatype="FP32", shape=[1, 4],
+                                         array=x)],
+                     outputs=[OutputTensor(name="label", datatype="INT64", shape=[1],
+                                           array=np.zeros(1, dtype=np.int64))])
+    seen = set()
+    while not mirror._queue.empty():
+        seen.add(int(mirror._queue.get_nowait().inputs[0].array[0, 0]))
+    assert seen == set(range(10))
 
 
 def test_offer_drops_and_counts_when_the_queue_is_full() -> None:

@@ -5,9 +5,10 @@ Sending. With MODELRAIL_SHADOW set (config.ShadowSettings), each worker runs one
 started and closed by the service's lifecycle hooks (services/inference/service.py).
 rest.py (infer, predict) and grpc_server.py (ModelInfer) call `Mirror.offer` once a
 request that was not itself mirrored has been answered successfully: `offer` samples
-(every request that moves floor(n * percent / 100) on), keeps what the comparison needs
-(our inputs and our answer) and enqueues it without waiting — a full queue drops the
-sample, counted. `concurrency` sender tasks POST each sample as OIP v2 JSON to
+(each request independently with probability percent/100: a fixed stride would alias with
+clients that cycle through a list of inputs and mirror only some of them), keeps what the
+comparison needs (our inputs and our answer) and enqueues it without waiting — a full
+queue drops the sample, counted. `concurrency` sender tasks POST each sample as OIP v2 JSON to
 `{target}/v2/models/{name}/infer` (no version: the gateway's rule for the header
 x-modelrail-shadow picks the track) and compare row by row: another label
 (classification), or a relative difference above TOLERANCE (regression, the rollout model
@@ -27,6 +28,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import random
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -91,9 +93,9 @@ class Mirror:
     def __init__(self, settings: ShadowSettings) -> None:
         self.settings = settings
         self._queue: asyncio.Queue[Sample] = asyncio.Queue(maxsize=settings.queue)
-        # percent in thousandths: the sampling below is exact integer arithmetic
-        self._share = max(1, round(settings.percent * 1000))
-        self._offered = 0
+        # each request independently: a stride (every n-th) aliases with periodic traffic
+        self._chance = settings.percent / 100.0
+        self._random = random.Random()
         self._paused_until = 0.0  # time.monotonic(); 0: not paused
         self._last = ""  # the last outcome, to log changes only
         self._senders: list[asyncio.Task[None]] = []
@@ -137,9 +139,7 @@ class Mirror:
         answer = next((o.array for o in outputs if o.name == name), None)
         if answer is None:
             return  # the client asked for other outputs: nothing to compare with
-        self._offered += 1
-        n = self._offered
-        if n * self._share // 100_000 == (n - 1) * self._share // 100_000:
+        if self._chance < 1.0 and self._random.random() >= self._chance:
             return
         try:
             self._queue.put_nowait(Sample(model=model, version=version, task=task,

@@ -193,6 +193,8 @@ class Daemon:
                     continue
                 samples.append(value)
                 current = track.replicas
+                if current == 0:
+                    continue  # scaled to nothing meanwhile (the rollout removes its canary)
                 metric = sum(samples) / len(samples) / current
                 want, self.history[key] = desired_replicas(
                     policy, current=current, metric=metric, now=now,

@@ -485,3 +485,65 @@ def test_an_unreachable_canary_fails_mirrors_not_users(examples: dict[str, Examp
         assert stable.alive()
     finally:
         stop(stable.proc)
+
+
+# --- the mirror's own HTTP/1.1 connection --------------------------------------------------
+
+def test_the_connection_keeps_alive_reads_chunked_answers_and_survives_an_idle_close() -> None:
+    """Connection (the mirror's lean client) against a tiny asyncio server: Content-Length
+    and chunked answers on one kept-alive connection; a connection the server closed while
+    idle is opened again once instead of failing the mirrored request; an answer cut short
+    is an error."""
+    from modelrail.serving.shadow import Connection
+
+    async def run() -> None:
+        seen: list[bytes] = []
+        connections = 0
+
+        async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+            nonlocal connections
+            connections += 1
+            while True:
+                try:
+                    head = await reader.readuntil(b"\r\n\r\n")
+                except asyncio.IncompleteReadError:
+                    break
+                length = int(next(line.split(b":")[1] for line in head.split(b"\r\n")
+                                  if line.lower().startswith(b"content-length")))
+                body = await reader.readexactly(length)
+                seen.append(head.split(b"\r\n")[0])
+                if body == b"chunked":
+                    writer.write(b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n"
+                                 b"3\r\nabc\r\n2\r\nde\r\n0\r\n\r\n")
+                elif body == b"close-after":
+                    writer.write(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok")
+                    await writer.drain()
+                    writer.close()  # an idle keep-alive timeout, as uvicorn's
+                    return
+                elif body == b"cut":
+                    writer.write(b"HTTP/1.1 200 OK\r\ncontent-length: 10\r\n\r\nabc")
+                    await writer.drain()
+                    writer.close()
+                    return
+                else:
+                    writer.write(b"HTTP/1.1 409 Conflict\r\ncontent-length: 2\r\n\r\n{}")
+                await writer.drain()
+
+        server = await asyncio.start_server(handle, "127.0.0.1", 0)
+        port = server.sockets[0].getsockname()[1]
+        c = Connection(f"http://127.0.0.1:{port}", host="iris.example")
+        assert await c.post("/v2/models/iris/infer", b"x", {"a": "1"}) == (409, b"{}")
+        assert await c.post("/v2/models/iris/infer", b"chunked", {}) == (200, b"abcde")
+        assert connections == 1  # kept alive
+        assert await c.post("/p", b"close-after", {}) == (200, b"ok")
+        await asyncio.sleep(0.05)
+        assert await c.post("/p", b"x", {}) == (409, b"{}")  # reopened once, not failed
+        assert connections == 2
+        with pytest.raises(asyncio.IncompleteReadError):
+            await c.post("/p", b"cut", {})
+        c.close()
+        server.close()
+        await server.wait_closed()
+        assert seen[0] == b"POST /v2/models/iris/infer HTTP/1.1"
+
+    asyncio.run(run())

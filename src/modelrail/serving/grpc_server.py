@@ -22,6 +22,7 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 import grpc
+import numpy as np
 from google.protobuf.message import DecodeError, Message
 
 from modelrail import __version__
@@ -75,6 +76,40 @@ def _parse(message_type: type[Message], data: bytes) -> Any:
     return msg
 
 
+# InferTensorContents' packed float fields: the tag byte (field number << 3 | 2, length-
+# delimited) and the element width. Their wire form is the little-endian array itself.
+_PACKED_FLOATS = {"fp32_contents": (0x32, "<f4"), "fp64_contents": (0x3A, "<f8")}
+
+
+def _packed_floats(contents: Any, field: str, count: int) -> Any:
+    """`contents.<field>` as a numpy array read straight from its wire bytes (about 2 µs
+    for 1,920 floats, where converting protobuf's repeated field element by element takes
+    about 80), or None unless `field` is the only one set and holds exactly `count`
+    values (then the caller converts the field itself)."""
+    spec = _PACKED_FLOATS.get(field)
+    if spec is None or count < 16:
+        return None
+    fields = contents.ListFields()
+    if len(fields) != 1 or fields[0][0].name != field:
+        return None
+    wire = contents.SerializeToString()
+    tag, dtype = spec
+    if wire[0] != tag:
+        return None
+    length, i, shift = 0, 1, 0
+    while i < len(wire) and i < 11:  # a varint of at most 10 bytes
+        byte = wire[i]
+        length |= (byte & 0x7F) << shift
+        i += 1
+        shift += 7
+        if byte < 0x80:
+            break
+    width = int(dtype[-1])
+    if length != count * width or len(wire) - i != length:
+        return None
+    return np.frombuffer(wire, dtype=dtype, offset=i)
+
+
 def decode_infer(msg: Any, limits: Limits) -> InferRequest:
     if not msg.model_name:
         raise invalid("model_name is required")
@@ -99,8 +134,10 @@ def decode_infer(msg: Any, limits: Limits) -> InferRequest:
             if datatype in ("FP16", "BYTES"):
                 raise invalid(f"{where}: {datatype} must be sent in raw_input_contents"
                               if datatype == "FP16" else f"{where}: BYTES is not accepted")
-            array = from_typed(getattr(t.contents, CONTENTS_FIELD[datatype]), datatype,
-                               shape, where)
+            field = CONTENTS_FIELD[datatype]
+            values = getattr(t.contents, field)
+            packed = _packed_floats(t.contents, field, len(values))
+            array = from_typed(values if packed is None else packed, datatype, shape, where)
         inputs.append(InputTensor(name=t.name, datatype=datatype, shape=shape, array=array))
     outputs = [RequestedOutput(name=o.name) for o in msg.outputs] or None
     # raw in, raw out; typed in, typed out (binary_output carries the choice)

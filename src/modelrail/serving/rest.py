@@ -33,6 +33,7 @@ import zlib
 from typing import Any
 
 import numpy as np
+import orjson
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
 from starlette.middleware import Middleware
@@ -422,6 +423,14 @@ def inflate(body: bytes, encoding: str, limit: int) -> bytes:
 
 
 def _load_json(raw: bytes, where: str) -> Any:
+    """The JSON document in `raw`. orjson parses a tensor of floats about ten times faster
+    than json; what it refuses and json takes (NaN and Infinity literals, integers beyond
+    64 bits, nesting past 1024 levels) goes through json, so such a request still gets its
+    precise error later (a NaN refused with its row and feature, not "invalid JSON")."""
+    try:
+        return orjson.loads(raw)
+    except orjson.JSONDecodeError:
+        pass
     try:
         return json.loads(raw)
     except (ValueError, RecursionError) as exc:
@@ -529,7 +538,7 @@ def encode_infer(resp: InferResponse) -> Response:
             entry["data"] = to_json_data(o.array, o.datatype)
         outs.append(entry)
     doc["outputs"] = outs
-    header = json.dumps(doc, separators=(",", ":")).encode()
+    header = orjson.dumps(doc)  # compact, and floats as repr() writes them, like json
     if not blobs:
         return Response(header, media_type="application/json")
     return Response(header + b"".join(blobs), media_type="application/octet-stream",

@@ -80,6 +80,10 @@ def prepare(model: LoadedModel, req: InferRequest, *,
             max_rows: int) -> npt.NDArray[np.float32]:
     """Validate the inputs against the model and return the FP32 rows to run."""
     spec = model.card.inputs[0]
+    if len(req.inputs) == 1 and req.inputs[0].name == spec.name:  # the usual request
+        tensor = req.inputs[0]
+        return to_model_input(tensor.array, tensor.datatype, spec, max_rows=max_rows,
+                              where=f"input {tensor.name!r}")
     names = [t.name for t in req.inputs]
     if len(set(names)) != len(names):
         raise invalid(f"inputs: an input is given twice ({names}); the model takes "

@@ -115,6 +115,10 @@ class ModelRepository:
 
     def resolve(self, name: str, version: str | None) -> LoadedModel:
         """The model to answer with; NOT_FOUND lists what is served."""
+        if version:  # the usual request names its version: one dict lookup
+            found = self.models.get((name, version))
+            if found is not None:
+                return found
         versions = self.versions(name)
         if not versions:
             served = ", ".join(sorted({n for n, _ in self.models})) or "none"

@@ -37,7 +37,7 @@ import orjson
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
 from starlette.middleware import Middleware
-from starlette.requests import ClientDisconnect, Request
+from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Match, Route
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
@@ -306,6 +306,10 @@ def create_app(repo: ModelRepository, *, limits: Limits,
     api = RestApi(repo, limits, mirror)
     model_paths = ["/v2/models/{name}", "/v2/models/{name}/versions/{version}"]
     routes = [
+        # the hot routes first: Starlette tries each route's pattern in turn (a request to
+        # the last one paid ~4 % of its CPU matching; a path ending in /infer matches
+        # nothing else)
+        *[Route(p + "/infer", api.infer, methods=["POST"]) for p in model_paths],
         Route("/v2/health/live", api.live, methods=["GET"]),
         Route("/v2/health/ready", api.ready, methods=["GET"]),
         Route("/v2", api.server_metadata, methods=["GET"]),
@@ -317,7 +321,6 @@ def create_app(repo: ModelRepository, *, limits: Limits,
         Route("/v2/repository/models/{name}/unload", api.read_only, methods=["POST"]),
         *[Route(p, api.model_metadata, methods=["GET"]) for p in model_paths],
         *[Route(p + "/ready", api.model_ready, methods=["GET"]) for p in model_paths],
-        *[Route(p + "/infer", api.infer, methods=["POST"]) for p in model_paths],
         Route("/metrics", api.prometheus, methods=["GET"]),
         Route("/predict/{name}", api.predict, methods=["POST"]),
         Route("/predict/{name}/{version}", api.predict, methods=["POST"]),
@@ -385,18 +388,23 @@ async def read_body(request: Request, limit: int) -> bytes:
     if encoding not in ENCODINGS:
         raise InferenceError(Kind.UNSUPPORTED, f"Content-Encoding {encoding[:40]!r} is not "
                                                f"accepted; accepted: {', '.join(ENCODINGS)}")
+    # the ASGI messages read directly (Starlette's request.stream() wraps them in an
+    # async generator: ~8 µs of a one-message request)
     chunks: list[bytes] = []
     size = 0
-    try:
-        async for chunk in request.stream():
-            size += len(chunk)
-            if size > limit:
-                raise InferenceError(Kind.TOO_LARGE,
-                                     f"request body exceeds the limit of {limit} bytes")
-            chunks.append(chunk)
-    except ClientDisconnect as exc:  # the client's doing (or its body deadline): a 4xx
-        raise invalid(f"the client disconnected after {size} bytes of the body") from exc
-    body = b"".join(chunks)
+    while True:
+        message = await request.receive()
+        if message["type"] != "http.request":  # the client's doing (or its body deadline)
+            raise invalid(f"the client disconnected after {size} bytes of the body")
+        chunk = message.get("body", b"")
+        size += len(chunk)
+        if size > limit:
+            raise InferenceError(Kind.TOO_LARGE,
+                                 f"request body exceeds the limit of {limit} bytes")
+        chunks.append(chunk)
+        if not message.get("more_body", False):
+            break
+    body = chunks[0] if len(chunks) == 1 else b"".join(chunks)
     if encoding == "identity":
         return body
     return inflate(body, encoding, limit)

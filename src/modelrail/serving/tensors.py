@@ -238,8 +238,8 @@ def to_model_input(arr: npt.NDArray[Any], datatype: str, spec: TensorSpec, *,
                    max_rows: int, where: str) -> npt.NDArray[np.float32]:
     """Check an input against the model's input spec and convert it to FP32 safely."""
     n_features = spec.shape[-1]
-    names = spec.feature_names or [f"x{i}" for i in range(n_features)]
     if arr.ndim != 2 or arr.shape[1] != n_features or arr.shape[0] < 1:
+        names = _feature_names(spec)
         raise invalid(f"{where}: shape {list(arr.shape)} is not accepted; accepted: "
                       f"[rows, {n_features}] with 1 <= rows <= {max_rows} (features: "
                       f"{', '.join(names)})")
@@ -250,23 +250,29 @@ def to_model_input(arr: npt.NDArray[Any], datatype: str, spec: TensorSpec, *,
         raise invalid(f"{where}: datatype {datatype} is not accepted; accepted: "
                       f"{', '.join(ACCEPTED_INPUT)}")
     if datatype in ("FP32", "FP64", "FP16"):
-        bad = ~np.isfinite(arr)
-        if bad.any():
-            row, col = (int(v) for v in np.argwhere(bad)[0])
+        if not np.isfinite(arr).all():  # one pass in the usual case; details only if bad
+            names = _feature_names(spec)
+            row, col = (int(v) for v in np.argwhere(~np.isfinite(arr))[0])
             raise invalid(f"{where}: row {row}, feature {names[col]!r} is {arr[row, col]}; "
                           "NaN and infinity are not accepted")
         if datatype == "FP64" and np.abs(arr).max(initial=0.0) > FP32_MAX:
+            names = _feature_names(spec)
             row, col = (int(v) for v in np.argwhere(np.abs(arr) > FP32_MAX)[0])
             raise invalid(f"{where}: row {row}, feature {names[col]!r} = {arr[row, col]} is "
                           f"beyond FP32's range (±{FP32_MAX:.4g}) the model computes in")
     else:
         too_big = np.abs(arr.astype(np.float64)) > FP32_EXACT_INT
         if too_big.any():
+            names = _feature_names(spec)
             row, col = (int(v) for v in np.argwhere(too_big)[0])
             raise invalid(f"{where}: row {row}, feature {names[col]!r} = {arr[row, col]} "
                           f"cannot be represented exactly in FP32; integers are accepted "
                           f"up to ±{FP32_EXACT_INT}, send FP32/FP64 for larger values")
     return np.ascontiguousarray(arr, dtype=np.float32)
+
+
+def _feature_names(spec: TensorSpec) -> list[str]:
+    return spec.feature_names or [f"x{i}" for i in range(spec.shape[-1])]
 
 
 def to_raw(arr: npt.NDArray[Any], datatype: str) -> bytes:

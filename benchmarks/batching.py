@@ -1,0 +1,255 @@
+"""Adaptive batching study (issue 16): would joining concurrent single-row requests into one
+onnxruntime call make modelrail's serving faster, on the example models?
+
+Measured in one process, on the event loop a serving worker runs, so the figures are the
+best case batching could ever reach (no HTTP or gRPC cost diluting them):
+
+  - direct: each request runs its own session.run, as `inference.execute` does;
+  - batched, next turn: requests queue their (already validated) rows; one flush per event
+    loop turn runs everything queued as one session.run and hands each request its rows
+    (adaptive: no waiting window, the batch is whatever arrived meanwhile — Triton's
+    dynamic batcher with a zero queue delay);
+  - batched, 1 ms window: the same, flushed 1 ms after the first row queued (BentoML's and
+    Triton's usual setting), or at 64 rows.
+
+Every request's answer from a batch is checked against its own direct answer first. The
+report puts the saving per request next to what a request costs modelrail's server (from
+the serving benchmark's last run, .modelrail/bench/serving.json, when there is one).
+
+    .venv/bin/python benchmarks/batching.py [--models iris:1,breast-cancer:2,diabetes:2]
+        [--levels 8,32] [--requests 20000] [--rounds 3] [--no-report]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import platform
+import statistics
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+WORK = ROOT / ".modelrail" / "bench"
+os.environ.setdefault("BENTOML_HOME", str(WORK / "bentoml"))
+os.environ.setdefault("MODELRAIL_REGISTRY", str(WORK / "registry"))
+os.environ["BENTOML_DO_NOT_TRACK"] = "true"
+os.environ["ORT_DISABLE_TELEMETRY"] = "1"
+
+import numpy as np  # noqa: E402
+
+from benchmarks.sections import write_section  # noqa: E402
+
+Run = Callable[[np.ndarray], np.ndarray]
+
+
+class Batcher:
+    """Rows from concurrent requests joined into one call; `window` None flushes on the
+    loop's next turn, else `window` seconds after the first row queued (or at `max_rows`)."""
+
+    def __init__(self, run: Run, *, window: float | None, max_rows: int = 64) -> None:
+        self.run = run
+        self.window = window
+        self.max_rows = max_rows
+        self.pending: list[tuple[np.ndarray, asyncio.Future[np.ndarray]]] = []
+        self.rows = 0
+        self.timer: asyncio.Handle | None = None
+        self.batches: list[int] = []
+
+    async def submit(self, x: np.ndarray) -> np.ndarray:
+        loop = asyncio.get_running_loop()
+        fut: asyncio.Future[np.ndarray] = loop.create_future()
+        self.pending.append((x, fut))
+        self.rows += len(x)
+        if self.rows >= self.max_rows:
+            self.flush()
+        elif self.timer is None:
+            self.timer = (loop.call_soon(self.flush) if self.window is None
+                          else loop.call_later(self.window, self.flush))
+        return await fut
+
+    def flush(self) -> None:
+        if self.timer is not None:
+            self.timer.cancel()
+            self.timer = None
+        pending, self.pending, self.rows = self.pending, [], 0
+        if not pending:
+            return
+        out = self.run(np.concatenate([x for x, _ in pending]))
+        self.batches.append(len(pending))
+        at = 0
+        for x, fut in pending:
+            fut.set_result(out[at:at + len(x)])
+            at += len(x)
+
+
+async def drive(submit: Callable[[np.ndarray], Any], inputs: list[np.ndarray],
+                concurrency: int) -> tuple[float, float, list[np.ndarray]]:
+    """Run every input through `submit` from `concurrency` clients: CPU seconds, wall
+    seconds and the answers."""
+    answers: list[np.ndarray] = [np.empty(0)] * len(inputs)
+    nxt = iter(range(len(inputs)))
+
+    async def client() -> None:
+        for i in nxt:
+            answers[i] = await submit(inputs[i])
+
+    cpu, wall = time.process_time(), time.perf_counter()
+    await asyncio.gather(*(client() for _ in range(concurrency)))
+    return time.process_time() - cpu, time.perf_counter() - wall, answers
+
+
+def measure(run: Run, inputs: list[np.ndarray], concurrency: int,
+            mode: str) -> tuple[float, float, list[np.ndarray], float]:
+    """CPU and wall seconds per request, the answers and the mean batch (requests per
+    call). Wall time includes the window a batch waits; CPU time is what the server
+    would spend."""
+
+    async def direct(x: np.ndarray) -> np.ndarray:
+        out = run(x)
+        await asyncio.sleep(0)  # a server yields between requests; so does this
+        return out
+
+    batcher = None
+    if mode == "direct":
+        submit: Callable[[np.ndarray], Any] = direct
+    else:
+        batcher = Batcher(run, window=None if mode == "next turn" else 0.001)
+        submit = batcher.submit
+    cpu, wall, answers = asyncio.run(drive(submit, inputs, concurrency))
+    mean_batch = statistics.fmean(batcher.batches) if batcher and batcher.batches else 1.0
+    return cpu / len(inputs), wall / len(inputs), answers, mean_batch
+
+
+def study(ref: str, levels: list[int], n: int, rounds: int) -> dict[str, Any]:
+    from benchmarks.serving import prepare_model
+    from modelrail.models.runtime import new_session
+
+    model = prepare_model(ref)  # trained and registered as the serving benchmark does
+    session = new_session(model.onnx_bytes)
+    output = model.output
+
+    def run(x: np.ndarray) -> np.ndarray:
+        return np.asarray(session.run([output], {"input": x})[0])
+
+    rows = model.X_test
+    inputs = [rows[i % len(rows)][None, :] for i in range(n)]  # held-out rows, one each
+    # the floor: one call per row against one call for 64 rows
+    one, many = inputs[0], np.concatenate(inputs[:64])
+    per_call = {}
+    for label, x in (("1", one), ("64", many)):
+        for _ in range(200):
+            run(x)
+        t = []
+        for _ in range(2000):
+            t0 = time.perf_counter()
+            run(x)
+            t.append(time.perf_counter() - t0)
+        per_call[label] = statistics.median(t)
+    result: dict[str, Any] = {"ref": ref, "estimator": model.estimator,
+                              "call_1_us": per_call["1"] * 1e6,
+                              "call_64_us": per_call["64"] * 1e6, "levels": {}}
+    modes = ["direct", "next turn", "1 ms window"]
+    for c in levels:
+        figures: dict[str, list[float]] = {m: [] for m in modes}
+        walls: dict[str, list[float]] = {m: [] for m in modes}
+        batch: dict[str, list[float]] = {m: [] for m in modes}
+        for r in range(rounds):
+            reference = None
+            for m in modes[r % 3:] + modes[:r % 3]:  # rotated order each round
+                per_request, wall, answers, mean_batch = measure(run, inputs, c, m)
+                figures[m].append(per_request)
+                walls[m].append(wall)
+                batch[m].append(mean_batch)
+                if m == "direct":
+                    reference = answers
+                elif reference is not None:
+                    for a, b in zip(answers, reference, strict=True):
+                        if not np.allclose(a, b, rtol=1e-6, atol=1e-7):
+                            raise RuntimeError(f"{ref}: a batched answer differs from its own")
+        result["levels"][str(c)] = {
+            m: {"us_per_request": statistics.median(figures[m]) * 1e6,
+                "wall_us_per_request": statistics.median(walls[m]) * 1e6,
+                "mean_batch": statistics.median(batch[m])} for m in modes}
+    return result
+
+
+def serving_cost_us() -> dict[str, float]:
+    """µs of server per request (1 worker, REST and gRPC, one row, c=8) from the serving
+    benchmark's last full run, per model."""
+    path = WORK / "serving.json"
+    if not path.exists():
+        return {}
+    out: dict[str, float] = {}
+    for cell in json.loads(path.read_text()).get("cells", []):
+        if (cell.get("target") == "modelrail gRPC" and cell.get("workers") == 1
+                and cell.get("batch") == 1 and cell.get("level") == 8
+                and not cell.get("scaling") and cell.get("rps")):
+            out[cell["model"]] = 1e6 / cell["rps"]
+    return out
+
+
+def report(results: list[dict[str, Any]], minutes: float) -> str:
+    cost = serving_cost_us()
+    lines = ["## Adaptive batching study (`benchmarks/batching.py`)", "",
+             f"Command: `.venv/bin/python benchmarks/batching.py` "
+             f"({time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}, {platform.machine()}, "
+             f"{os.cpu_count()} cores, {minutes:.1f} min). In one process on one event loop: "
+             "single-row requests from concurrent clients, each answered by its own "
+             "session.run (direct, what modelrail does) or joined with the others queued "
+             "(next turn: flushed on the loop's next turn; 1 ms window: flushed 1 ms after "
+             "the first, or at 64 rows). Every batched answer was checked against the "
+             "request's own. Median of interleaved rounds.", "",
+             "CPU µs per request is what a server would spend; wall µs per request (in "
+             "brackets) also counts the time batches wait, which the clients feel.", "",
+             "| model | onnxruntime per call: 1 row / 64 rows (per row) | clients | direct "
+             "CPU µs/request (wall) | next turn CPU µs/request (wall; rows per call) | "
+             "1 ms window CPU µs/request (wall; rows per call) | best CPU saving per "
+             "request | modelrail gRPC server µs/request (c=8) |",
+             "|---|---|---|---|---|---|---|---|"]
+    for r in results:
+        for c, lv in r["levels"].items():
+            d, n, w = lv["direct"], lv["next turn"], lv["1 ms window"]
+            best = d["us_per_request"] - min(n["us_per_request"], w["us_per_request"])
+            server = cost.get(r["ref"])
+            lines.append(
+                f"| {r['ref']} ({r['estimator']}) | {r['call_1_us']:.1f} µs / "
+                f"{r['call_64_us']:.1f} µs ({r['call_64_us'] / 64:.2f} µs) | {c} | "
+                f"{d['us_per_request']:.1f} ({d['wall_us_per_request']:.1f}) | "
+                f"{n['us_per_request']:.1f} ({n['wall_us_per_request']:.1f}; "
+                f"{n['mean_batch']:.1f}) | {w['us_per_request']:.1f} "
+                f"({w['wall_us_per_request']:.1f}; {w['mean_batch']:.1f}) | "
+                f"{best:.1f} µs | {f'{server:.0f}' if server else '–'} |")
+    lines.append("")
+    return "\n".join(lines)
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--models", default="iris:1,breast-cancer:2,diabetes:2")
+    ap.add_argument("--levels", default="8,32")
+    ap.add_argument("--requests", type=int, default=20000)
+    ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument("--no-report", action="store_true")
+    args = ap.parse_args()
+    started = time.perf_counter()
+    levels = [int(v) for v in args.levels.split(",")]
+    results = [study(ref, levels, args.requests, args.rounds)
+               for ref in args.models.split(",")]
+    (WORK / "batching.json").write_text(json.dumps(results, indent=1))
+    section = report(results, (time.perf_counter() - started) / 60)
+    if args.no_report:
+        print(section)
+    else:
+        write_section("batching", section)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

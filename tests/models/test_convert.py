@@ -2,6 +2,11 @@
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
+from pathlib import Path
+
 import numpy as np
 import pytest
 from sklearn.ensemble import RandomForestRegressor
@@ -43,6 +48,26 @@ def test_regressor_output_is_named_predictions(diabetes_split: Split) -> None:
 def test_conversion_is_deterministic(iris_split: Split) -> None:
     est = LogisticRegression(max_iter=500).fit(iris_split.X_train, iris_split.y_train)
     assert convert(est, 4).onnx_bytes == convert(est, 4).onnx_bytes
+
+
+@pytest.mark.slow  # six interpreters importing scikit-learn and skl2onnx: ~15 s
+def test_conversion_is_the_same_in_every_process(tmp_path: Path) -> None:
+    """Across processes too: skl2onnx orders opset imports by string hash, which differs
+    from process to process (PYTHONHASHSEED); a model's fingerprint must not."""
+    script = tmp_path / "convert_once.py"
+    script.write_text(
+        "import hashlib, sys\n"
+        "from sklearn.datasets import load_iris\n"
+        "from sklearn.ensemble import GradientBoostingClassifier\n"
+        "from modelrail.models.convert import convert\n"
+        "X, y = load_iris(return_X_y=True)\n"
+        "est = GradientBoostingClassifier(n_estimators=3, random_state=0).fit(X, y)\n"
+        "print(hashlib.sha256(convert(est, 4).onnx_bytes).hexdigest())\n")
+    digests = {
+        subprocess.run([sys.executable, str(script)], capture_output=True, text=True, check=True,
+                       env={**os.environ, "PYTHONHASHSEED": str(seed)}).stdout.strip()
+        for seed in (1, 2, 3, 4, 5, 6)}
+    assert len(digests) == 1, digests
 
 
 def test_unsupported_estimator_is_named_with_the_supported_list(iris_split: Split) -> None:

@@ -119,9 +119,20 @@ def convert(estimator: Any, n_features: int) -> Converted:
                               accepted="a model skl2onnx can convert (see its docs)") from exc
     if task == "regression":
         _rename_output(model, _REGRESSION_OUTPUT)
+    _sort_opsets(model)
     onnx.checker.check_model(model)
     return Converted(onnx_bytes=model.SerializeToString(), task=task,
                      estimator=describe(estimator))
+
+
+def _sort_opsets(model: Any) -> None:
+    """Opset imports in domain order. skl2onnx lists them in a set's order, which follows
+    the process's string hash seed: the same estimator converted in two processes came out
+    as two different byte strings (two fingerprints) about half the time."""
+    opsets = sorted((o.domain, o.version) for o in model.opset_import)
+    del model.opset_import[:]
+    for domain, version in opsets:
+        model.opset_import.add(domain=domain, version=version)
 
 
 def _converter_map() -> dict[type, str]:

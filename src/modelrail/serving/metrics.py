@@ -235,8 +235,14 @@ def observe_predictions(*, model: str, version: str, labels: npt.NDArray[Any] | 
         if flat.size == 1:  # the common single-row request: skip np.unique
             pending[(model, version, _text(flat[0]))] += 1
             return
-        uniq, counts = np.unique(flat, return_counts=True)
-        for u, c in zip(uniq.tolist(), counts.tolist(), strict=True):
+        if flat.dtype.kind in "iu" and flat.size and flat.min() >= 0 and flat.max() < 4096:
+            # class indices (the usual labels): bincount is ~20x cheaper than np.unique
+            counts = np.bincount(flat)
+            for u in np.flatnonzero(counts).tolist():
+                pending[(model, version, str(u))] += int(counts[u])
+            return
+        uniq, ucounts = np.unique(flat, return_counts=True)
+        for u, c in zip(uniq.tolist(), ucounts.tolist(), strict=True):
             pending[(model, version, _text(u))] += int(c)
     elif values is not None and bins:
         idx = np.searchsorted(np.asarray(bins), values.reshape(-1), side="right")

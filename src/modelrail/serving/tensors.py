@@ -154,24 +154,28 @@ def _plain_numbers(data: Any, datatype: str, expected: int) -> npt.NDArray[Any] 
     names precisely. Both paths take and refuse the same documents."""
     if type(data) is not list or len(data) > expected:
         return None
-    flat: list[Any] = data
-    if data and type(data[0]) is list:
+    values: Any = data
+    if data and type(data[0]) is list:  # rows: numpy reads the nested lists itself
         if any(type(row) is not list for row in data):
             return None
-        flat = list(chain.from_iterable(data))
-    if len(flat) != expected or not set(map(type, flat)) <= _PLAIN_TYPES[datatype]:
+        values = chain.from_iterable(data)
+    elif len(data) != expected:
+        return None
+    if not set(map(type, values)) <= _PLAIN_TYPES[datatype]:
         return None
     dtype = NUMPY_DTYPES[datatype]
     try:
         if datatype.startswith(("INT", "UINT")):
-            wide = np.asarray(flat, dtype=np.uint64 if datatype == "UINT64" else np.int64)
+            wide = np.asarray(data, dtype=np.uint64 if datatype == "UINT64" else np.int64)
             info = np.iinfo(dtype)
             if wide.size and (wide.min() < info.min or wide.max() > info.max):
                 return None
-            return wide.astype(dtype)
-        return np.asarray(flat, dtype=dtype)
-    except (OverflowError, ValueError):
+            arr = wide.astype(dtype)
+        else:
+            arr = np.asarray(data, dtype=dtype)
+    except (OverflowError, ValueError):  # ragged rows, or an integer beyond 64 bits
         return None
+    return arr.reshape(-1) if arr.size == expected else None
 
 
 def _flatten(data: Any, where: str, expected: int) -> list[Any]:

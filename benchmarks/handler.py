@@ -5,7 +5,7 @@ isolates what modelrail's code adds to each request, so a change to the hot path
 measured in microseconds rather than read through the noise of a loaded 2-core machine.
 
     .venv/bin/python benchmarks/handler.py [--cases iris:1x1,breast-cancer:2x64,diabetes:2x64]
-        [--requests 5000] [--rounds 5] [--json PATH]
+        [--requests 5000] [--rounds 5] [--json PATH] [--no-report]
 
 To measure an older revision's code with this script: check it out into a worktree and run
 with PYTHONPATH=<worktree>/src (modules are imported from there first).
@@ -37,6 +37,7 @@ from starlette.requests import Request  # noqa: E402
 from starlette.responses import Response  # noqa: E402
 from starlette.routing import Route  # noqa: E402
 
+from benchmarks.sections import write_section  # noqa: E402
 from benchmarks.serving import Case, oip_grpc, oip_json, prepare_model  # noqa: E402
 
 Call = Callable[[], Awaitable[None]]
@@ -101,18 +102,6 @@ def grpc_call(handler: Any, payload: bytes) -> Call:
     return call
 
 
-def grpc_echo(payload: bytes) -> Call:
-    async def echo(data: bytes, ctx: Any) -> bytes:
-        return data
-
-    ctx = _Context()
-
-    async def call() -> None:
-        await echo(payload, ctx)
-
-    return call
-
-
 async def per_request(call: Call, n: int) -> float:
     for _ in range(min(300, n)):
         await call()
@@ -146,7 +135,6 @@ def measure(spec: str, n: int, rounds: int) -> dict[str, Any]:
         "modelrail REST app": asgi_call(create_app(repo, limits=limits),
                                         f"/v2/models/{model.name}/versions/{model.version}"
                                         "/infer", body),
-        "echo gRPC handler": grpc_echo(payload),
         "modelrail gRPC handler": grpc_call(infer, payload),
     }
     session = repo.models[(model.name, model.version)]
@@ -186,22 +174,39 @@ def main() -> int:
     ap.add_argument("--requests", type=int, default=5000)
     ap.add_argument("--rounds", type=int, default=5)
     ap.add_argument("--json", type=Path, default=None)
+    ap.add_argument("--no-report", action="store_true",
+                    help="print the table only (BENCHMARKS.md is left alone)")
     args = ap.parse_args()
     import modelrail
 
+    started = time.perf_counter()
     results = [measure(c, args.requests, args.rounds) for c in args.cases.split(",")]
-    print(f"modelrail imported from {Path(modelrail.__file__).parent}")
-    print("| case | onnxruntime alone | echo REST app | modelrail REST app | "
-          "modelrail REST − echo | gRPC echo handler | modelrail gRPC handler |")
-    print("|---|---|---|---|---|---|---|")
+    source = Path(modelrail.__file__).parent
+    lines = ["## modelrail's own cost per request (`benchmarks/handler.py`)", "",
+             f"Command: `.venv/bin/python benchmarks/handler.py` "
+             f"({time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}, "
+             f"{(time.perf_counter() - started) / 60:.1f} min; modelrail from "
+             f"`{source.relative_to(ROOT) if source.is_relative_to(ROOT) else source}`). "
+             "In one process, no sockets: the REST app (Starlette, as BentoML mounts it) "
+             "and the gRPC ModelInfer handler called directly with the serving benchmark's "
+             "payloads, beside an echo route on the same framework; median µs per request "
+             f"over {args.rounds} interleaved rounds of {args.requests}.", "",
+             "| case | onnxruntime alone | echo REST app | modelrail REST app | "
+             "modelrail REST − echo | modelrail gRPC handler |", "|---|---|---|---|---|---|"]
     for r in results:
         us = r["us"]
-        print(f"| {r['case']} | {r['onnxruntime_us']:.1f} µs | {us['echo REST app']:.1f} µs | "
-              f"{us['modelrail REST app']:.1f} µs | "
-              f"{us['modelrail REST app'] - us['echo REST app']:.1f} µs | "
-              f"{us['echo gRPC handler']:.1f} µs | {us['modelrail gRPC handler']:.1f} µs |")
+        lines.append(
+            f"| {r['case']} | {r['onnxruntime_us']:.1f} | {us['echo REST app']:.1f} | "
+            f"{us['modelrail REST app']:.1f} | "
+            f"{us['modelrail REST app'] - us['echo REST app']:.1f} | "
+            f"{us['modelrail gRPC handler']:.1f} |")
+    lines.append("")
     if args.json:
         args.json.write_text(json.dumps(results, indent=1))
+    if args.no_report:
+        print("\n".join(lines))
+    else:
+        write_section("handler", "\n".join(lines))
     return 0
 
 

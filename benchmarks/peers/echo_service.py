@@ -14,6 +14,8 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
+from modelrail.serving.http_guard import GuardSettings, install
+
 
 async def echo(request: Request) -> Response:
     return Response(await request.body(), media_type="application/json")
@@ -26,10 +28,17 @@ async def _echo_rpc(data: bytes, ctx: Any) -> bytes:
     return data
 
 
-# The same stack settings as services/inference/service.py: no per-request access log, no
-# OpenTelemetry span on the hot route; uvloop and httptools as installed for modelrail.
+# The same stack settings as services/inference/service.py: the guarded httptools protocol
+# (header and body deadlines, connection cap), the same traffic timeout, no BentoML request
+# metrics, no per-request access log, no OpenTelemetry span on the hot route; uvloop and
+# httptools as installed for modelrail.
+install(GuardSettings())
+
+
 @bentoml.service(name="echo", workers=int(os.environ.get("ECHO_WORKERS", "1")),
+                 traffic={"timeout": 30},
                  logging={"access": {"enabled": False}},
+                 metrics={"enabled": False},
                  tracing={"excluded_urls": "echo"})
 @bentoml.asgi_app(APP, path="/")
 class EchoService:

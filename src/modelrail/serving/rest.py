@@ -432,9 +432,11 @@ def inflate(body: bytes, encoding: str, limit: int) -> bytes:
 
 def _load_json(raw: bytes, where: str) -> Any:
     """The JSON document in `raw`. orjson parses a tensor of floats about ten times faster
-    than json; what it refuses and json takes (NaN and Infinity literals, integers beyond
-    64 bits, nesting past 1024 levels) goes through json, so such a request still gets its
-    precise error later (a NaN refused with its row and feature, not "invalid JSON")."""
+    than json; what it refuses and json takes (NaN and Infinity literals, nesting past 1024
+    levels) goes through json, so such a request still gets its precise error later (a NaN
+    refused with its row and feature, not "invalid JSON"). One difference stays: orjson
+    reads an integer beyond 64 bits as a float, so an integer tensor holding one is refused
+    as "takes integers" rather than "out of range"."""
     try:
         return orjson.loads(raw)
     except orjson.JSONDecodeError:

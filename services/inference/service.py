@@ -37,7 +37,8 @@ CONFIG = ServingConfig.from_env()
 install(GuardSettings(header_timeout=CONFIG.header_timeout, body_timeout=CONFIG.body_timeout,
                       max_connections=CONFIG.max_connections))
 metrics.set_header_route(CONFIG.header_route)  # its requests are counted route="header"
-REPOSITORY = ModelRepository(faults=parse_faults(os.environ.get("MODELRAIL_FAULTS")))
+REPOSITORY = ModelRepository(faults=parse_faults(os.environ.get("MODELRAIL_FAULTS")),
+                             batching=CONFIG.batching)
 # one per worker (each imports this module); its senders start with the worker's loop
 MIRROR = Mirror(CONFIG.shadow) if CONFIG.shadow is not None else None
 REST_APP = create_app(REPOSITORY, limits=CONFIG.limits, mirror=MIRROR)

@@ -34,6 +34,9 @@ one channel that reaches every worker (and the one a Kubernetes Deployment sets)
                                bounds the samples waiting (full: dropped, counted),
                                concurrency (1-64, default 4) senders per worker, timeout
                                (0 < S <= 60 seconds, default 2) per mirrored request
+  MODELRAIL_BATCHING           off (default) or adaptive: requests reaching inference in the
+                               same event-loop turn share one onnxruntime call, each still
+                               validated alone (batching.py; BENCHMARKS.md has where it wins)
 """
 
 from __future__ import annotations
@@ -108,6 +111,7 @@ class ServingConfig:
     tracing: bool = False
     header_route: tuple[str, str] | None = None
     shadow: ShadowSettings | None = None
+    batching: bool = False
 
     @classmethod
     def from_env(cls, env: dict[str, str] | None = None) -> ServingConfig:
@@ -137,6 +141,7 @@ class ServingConfig:
             access_log=bool(_int(env, "MODELRAIL_ACCESS_LOG", 0, 0, 1)),
             tracing=bool(_int(env, "MODELRAIL_TRACING", 0, 0, 1)),
             header_route=parse_header_route(env.get("MODELRAIL_HEADER_ROUTE")),
+            batching=parse_batching(env.get("MODELRAIL_BATCHING")),
             shadow=parse_shadow(env.get("MODELRAIL_SHADOW")),
         )
 
@@ -162,6 +167,7 @@ class ServingConfig:
             "MODELRAIL_DRAIN_SECONDS": str(int(self.drain_seconds)),
             "MODELRAIL_ACCESS_LOG": str(int(self.access_log)),
             "MODELRAIL_TRACING": str(int(self.tracing)),
+            "MODELRAIL_BATCHING": "adaptive" if self.batching else "off",
             **({} if self.header_route is None else
                {"MODELRAIL_HEADER_ROUTE": "=".join(self.header_route)}),
             **({} if self.shadow is None else {"MODELRAIL_SHADOW": self.shadow.to_env()}),
@@ -182,6 +188,19 @@ def parse_header_route(raw: str | None) -> tuple[str, str] | None:
                                 accepted="NAME=VALUE: a lowercase header name and a value "
                                          "of letters, digits and ._~-")
     return name, value
+
+
+BATCHING_MODES = ("off", "adaptive")
+
+
+def parse_batching(raw: str | None) -> bool:
+    """MODELRAIL_BATCHING: off (default) or adaptive."""
+    value = (raw or "off").strip().lower()
+    if value not in BATCHING_MODES:
+        raise InvalidInputError(f"unknown batching mode {str(raw)[:40]!r}",
+                                where="MODELRAIL_BATCHING",
+                                accepted=" or ".join(BATCHING_MODES))
+    return value == "adaptive"
 
 
 SHADOW_ACCEPTED = ("comma-separated KEY=VALUE: percent=P (required, 0 < P <= 100), "

@@ -3,7 +3,9 @@
 The REST and gRPC adapters decode their wire format into `InferRequest`, call `execute`,
 and encode the `InferResponse`. Everything about the request is validated here before
 onnxruntime sees it; no request shares a session.run with another, so one bad request can
-never fail a good one.
+never fail a good one. With MODELRAIL_BATCHING=adaptive, validated requests that reach
+onnxruntime in the same event-loop turn share one call (batching.py); a joined call that
+fails is retried request by request, so that guarantee holds there too.
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ import numpy as np
 import numpy.typing as npt
 
 from modelrail.serving import metrics
+from modelrail.serving.batching import Batcher
 from modelrail.serving.errors import InferenceError, Kind, invalid
 from modelrail.serving.repository import LoadedModel, ModelRepository
 from modelrail.serving.tensors import to_model_input
@@ -134,6 +137,10 @@ async def execute(repo: ModelRepository, req: InferRequest, *, max_rows: int,
     try:
         if x.size > THREAD_THRESHOLD:
             result = await asyncio.to_thread(model.run, x)
+        elif repo.batching:  # joined with the requests of this loop turn (batching.py)
+            if model.batcher is None:
+                model.batcher = Batcher(model.run, max_elements=THREAD_THRESHOLD)
+            result = await model.batcher.submit(x)
         else:
             result = model.run(x)
     except Exception as exc:  # onnxruntime's own error types are not exported

@@ -21,6 +21,7 @@ from modelrail.models import bento_store
 from modelrail.models.card import ModelCard
 from modelrail.models.convert import INPUT_NAME
 from modelrail.models.runtime import new_session
+from modelrail.serving.batching import Batcher
 from modelrail.serving.config import ModelRef
 from modelrail.serving.errors import InferenceError, Kind
 from modelrail.serving.faults import Fault, FaultInjector, parse_faults
@@ -39,6 +40,7 @@ class LoadedModel:
     ready: bool = False
     # decile edges of the training targets (regression) for the prediction metric
     value_bins: list[float] = field(default_factory=list)
+    batcher: Batcher | None = None  # with MODELRAIL_BATCHING=adaptive, made on first use
 
     @property
     def name(self) -> str:
@@ -67,8 +69,9 @@ class LoadedModel:
 
 
 class ModelRepository:
-    def __init__(self, faults: FaultInjector | None = None) -> None:
+    def __init__(self, faults: FaultInjector | None = None, *, batching: bool = False) -> None:
         self.models: dict[tuple[str, str], LoadedModel] = {}
+        self.batching = batching  # join concurrent requests' rows (serving.batching)
         self.errors: dict[str, str] = {}
         self.faults = faults or parse_faults(None)
         self.loaded_at: float | None = None

@@ -17,7 +17,11 @@ report puts the saving per request next to what a request costs modelrail's serv
 the serving benchmark's last run, .modelrail/bench/serving.json, when there is one).
 
     .venv/bin/python benchmarks/batching.py [--models iris:1,breast-cancer:2,diabetes:2]
-        [--levels 8,32] [--requests 20000] [--rounds 3] [--no-report]
+        [--levels 8,32] [--requests 20000] [--rounds 3] [--live-levels 1,8,32]
+        [--duration 1.5] [--no-report]
+
+Then live (the decision rests on this): two real modelrail servers, MODELRAIL_BATCHING=off
+and adaptive, measured side by side on REST and gRPC with one-row requests.
 """
 
 from __future__ import annotations
@@ -180,6 +184,51 @@ def study(ref: str, levels: list[int], n: int, rounds: int) -> dict[str, Any]:
     return result
 
 
+def live(refs: list[str], levels: list[int], rounds: int, duration: float) -> list[dict[str, Any]]:
+    """Two real modelrail servers (one worker each), batching off and adaptive, measured
+    one at a time in interleaved rounds with the serving benchmark's load generator and
+    one-row requests; answers checked against each other first."""
+    from benchmarks.serving import (
+        Case,
+        check_answers,
+        measure_once,
+        prepare_model,
+        start_modelrail,
+    )
+    from modelrail.processes import stop
+
+    models = [prepare_model(r) for r in refs]
+    logs = WORK / "logs"
+    logs.mkdir(parents=True, exist_ok=True)
+    servers = [start_modelrail(models, 1, logs, {"MODELRAIL_BATCHING": mode}, label=label)
+               for mode, label in (("off", "modelrail"), ("adaptive", "modelrail+batching"))]
+    out: list[dict[str, Any]] = []
+    try:
+        for server in servers:
+            server.wait()
+        for model in models:
+            case = Case(model=model, batch=1, levels=levels)
+            targets = [t for server in servers for t in server.targets(case)]
+            check_answers(case, targets)
+            figures: dict[tuple[str, int], list[Any]] = {}
+            for r in range(rounds):
+                cells = [(t, c) for c in levels for t in targets]
+                shift = r * len(cells) // rounds
+                for t, c in cells[shift:] + cells[:shift]:
+                    figures.setdefault((t.name, c), []).append(
+                        measure_once(t, c, 0.4, duration))
+            for (name, c), results in figures.items():
+                out.append({"model": model.ref, "target": name, "level": c,
+                            "rps": statistics.median(x.requests / x.seconds for x in results),
+                            "p50_ms": statistics.median(
+                                sorted(x.latencies)[len(x.latencies) // 2] * 1000
+                                for x in results)})
+    finally:
+        for server in servers:
+            stop(server.proc)
+    return out
+
+
 def serving_cost_us() -> dict[str, float]:
     """µs of server per request (1 worker, REST and gRPC, one row, c=8) from the serving
     benchmark's last full run, per model."""
@@ -230,6 +279,28 @@ def report(results: list[dict[str, Any]], minutes: float) -> str:
     return "\n".join(lines)
 
 
+def live_report(rows: list[dict[str, Any]], levels: list[int]) -> str:
+    by = {(r["model"], r["target"], r["level"]): r for r in rows}
+    lines = ["Live, two real modelrail servers (one worker each: `MODELRAIL_BATCHING=off` and "
+             "`adaptive`), one-row requests, the serving benchmark's load generator on the "
+             "same 2 cores, median of interleaved rounds: adaptive ÷ off.", "",
+             "| model | protocol | " + " | ".join(f"req/s c={c}" for c in levels)
+             + " | p50 latency c=1 |", "|---|---|" + "---|" * len(levels) + "---|"]
+    for model in dict.fromkeys(r["model"] for r in rows):
+        for proto in ("REST", "gRPC"):
+            off = [by.get((model, f"modelrail {proto}", c)) for c in levels]
+            on = [by.get((model, f"modelrail+batching {proto}", c)) for c in levels]
+            cells = [f"{b['rps']:.0f} vs {a['rps']:.0f} ({b['rps'] / a['rps']:.2f}×)"
+                     if a and b else "–" for a, b in zip(off, on, strict=True)]
+            lat = "–"
+            if off[0] and on[0] and levels[0] == 1:
+                lat = f"{on[0]['p50_ms']:.3f} vs {off[0]['p50_ms']:.3f} ms " \
+                      f"({on[0]['p50_ms'] / off[0]['p50_ms']:.2f}×)"
+            lines.append(f"| {model} | {proto} | " + " | ".join(cells) + f" | {lat} |")
+    lines.append("")
+    return "\n".join(lines)
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--models", default="iris:1,breast-cancer:2,diabetes:2")
@@ -237,13 +308,23 @@ def main() -> int:
     ap.add_argument("--requests", type=int, default=20000)
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--no-report", action="store_true")
+    ap.add_argument("--live-levels", default="1,8,32",
+                    help="concurrency levels of the live A/B ('' to skip it)")
+    ap.add_argument("--duration", type=float, default=1.5,
+                    help="seconds measured per live cell")
     args = ap.parse_args()
     started = time.perf_counter()
     levels = [int(v) for v in args.levels.split(",")]
     results = [study(ref, levels, args.requests, args.rounds)
                for ref in args.models.split(",")]
-    (WORK / "batching.json").write_text(json.dumps(results, indent=1))
+    live_levels = [int(v) for v in args.live_levels.split(",")] if args.live_levels else []
+    served = live(args.models.split(","), live_levels, args.rounds, args.duration) \
+        if live_levels else []
+    (WORK / "batching.json").write_text(json.dumps({"inprocess": results, "live": served},
+                                                   indent=1))
     section = report(results, (time.perf_counter() - started) / 60)
+    if served:
+        section += "\n" + live_report(served, live_levels)
     if args.no_report:
         print(section)
     else:

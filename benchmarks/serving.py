@@ -221,7 +221,8 @@ def start(argv: list[str], env: dict[str, str], cwd: Path, log: Path,
                             start_new_session=True)
 
 
-def start_modelrail(models: list[Model], workers: int, logs: Path) -> Server:
+def start_modelrail(models: list[Model], workers: int, logs: Path,
+                    env: dict[str, str] | None = None, label: str = "modelrail") -> Server:
     from modelrail.processes import server_command, spawn
     from modelrail.serving.config import ServingConfig
 
@@ -229,22 +230,22 @@ def start_modelrail(models: list[Model], workers: int, logs: Path) -> Server:
     cfg = ServingConfig.from_env({"MODELRAIL_MODELS": ",".join(m.ref for m in models),
                                   "MODELRAIL_GRPC_PORT": str(gp),
                                   "MODELRAIL_GRPC_HOST": "127.0.0.1",
-                                  "MODELRAIL_WORKERS": str(workers)})
+                                  "MODELRAIL_WORKERS": str(workers), **(env or {})})
     proc = spawn(server_command(cfg, http_host="127.0.0.1", http_port=hp),
-                 log_path=logs / f"modelrail-w{workers}.log")
+                 log_path=logs / f"{label}-w{workers}.log")
 
     def targets(case: Case) -> list[Target]:
         m = case.model
         return [
-            Target("modelrail REST", workers, "http",
+            Target(f"{label} REST", workers, "http",
                    (hp, f"/v2/models/{m.name}/versions/{m.version}/infer"),
                    oip_json("input", case.rows, m.output), "oip-json", m.output),
-            Target("modelrail gRPC", workers, "grpc", f"127.0.0.1:{gp}",
+            Target(f"{label} gRPC", workers, "grpc", f"127.0.0.1:{gp}",
                    oip_grpc(m.name, m.version, "input", case.rows, m.output), "oip-grpc",
                    m.output),
         ]
 
-    return Server("modelrail", workers, proc,
+    return Server(label, workers, proc,
                   lambda: wait_http(f"http://127.0.0.1:{hp}", proc), targets)
 
 

@@ -118,8 +118,8 @@ def test_execute_batches_validated_requests_and_answers_as_alone(
 
     async def run(repo: ModelRepository) -> list[Any]:
         reqs = [request(r) for r in rows[:12]] + [request(bad)] + [request(r) for r in rows[12:]]
-        return await asyncio.gather(*(execute(repo, q, max_rows=100) for q in reqs),
-                                    return_exceptions=True)
+        return await asyncio.gather(*(execute(repo, q, max_rows=100, may_batch=True)
+                                      for q in reqs), return_exceptions=True)
 
     batched_repo = repository(example, batching=True)
     batched, alone = run_here(run(batched_repo)), run_here(run(
@@ -136,6 +136,19 @@ def test_execute_batches_validated_requests_and_answers_as_alone(
         assert got.keys() == want.keys()
         for name, value in got.items():
             np.testing.assert_allclose(value, want[name], rtol=1e-6, atol=1e-7)
+
+
+def test_only_adapters_that_may_batch_are_batched(examples: dict[str, Example]) -> None:
+    """gRPC calls (may_batch=False) run alone even with batching on."""
+    repo = repository(examples["breast-cancer:2"], batching=True)
+    x = examples["breast-cancer:2"].split.X_test
+
+    async def run() -> None:
+        await asyncio.gather(*(execute(repo, request(x[i:i + 1]), max_rows=10)
+                               for i in range(8)))
+
+    run_here(run())
+    assert repo.models[("breast-cancer", "2")].batcher is None
 
 
 def test_a_batching_server_answers_concurrent_clients_each_their_own(

@@ -6,9 +6,13 @@ adds no latency. Each request is validated alone before it joins (inference.prep
 a bad request is refused on its own and never reaches a batch. If a joined call fails, each
 request is run alone, so only a request that fails by itself gets an error.
 
-Measured in BENCHMARKS.md (benchmarks/batching.py): it wins on REST under concurrent load
-(several requests ready per loop turn) and buys nothing at one client or on gRPC, whose
-server hands the loop one call per turn; hence off by default.
+Measured in BENCHMARKS.md (benchmarks/batching.py, two live servers side by side): on REST
+under concurrent load (several requests ready per loop turn) it bought 5-20 % more requests
+per second on the tree models and nothing measurable on the small pipeline; on gRPC it
+cost 9-16 % (grpc.aio hands the loop one call per turn: batches of one, the future pure
+overhead), so only the REST adapter offers its requests (execute's `may_batch`). Off by
+default: the gain is within reach of the noise on these 2 cores, and a batch shares its
+onnxruntime time between its requests in the statistics.
 """
 
 from __future__ import annotations

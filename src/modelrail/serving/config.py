@@ -34,9 +34,10 @@ one channel that reaches every worker (and the one a Kubernetes Deployment sets)
                                bounds the samples waiting (full: dropped, counted),
                                concurrency (1-64, default 4) senders per worker, timeout
                                (0 < S <= 60 seconds, default 2) per mirrored request
-  MODELRAIL_BATCHING           off (default) or adaptive: requests reaching inference in the
-                               same event-loop turn share one onnxruntime call, each still
-                               validated alone (batching.py; BENCHMARKS.md has where it wins)
+  MODELRAIL_BATCHING           off (default) or adaptive: REST requests reaching inference in
+                               the same event-loop turn share one onnxruntime call, each
+                               still validated alone (batching.py; BENCHMARKS.md has where
+                               it wins)
 """
 
 from __future__ import annotations

@@ -120,7 +120,10 @@ def check_outputs(model: LoadedModel, req: InferRequest) -> list[RequestedOutput
 
 
 async def execute(repo: ModelRepository, req: InferRequest, *, max_rows: int,
-                  ) -> tuple[LoadedModel, InferResponse]:
+                  may_batch: bool = False) -> tuple[LoadedModel, InferResponse]:
+    """Validate, run and shape one request. `may_batch`: the adapter's calls may share an
+    onnxruntime call when MODELRAIL_BATCHING=adaptive (REST; measured in BENCHMARKS.md:
+    grpc.aio hands the loop one call per turn, so gRPC batches were of one and only cost)."""
     started = time.perf_counter()
     model = repo.ready_model(req.model_name, req.model_version)
     x = prepare(model, req, max_rows=max_rows)
@@ -137,7 +140,7 @@ async def execute(repo: ModelRepository, req: InferRequest, *, max_rows: int,
     try:
         if x.size > THREAD_THRESHOLD:
             result = await asyncio.to_thread(model.run, x)
-        elif repo.batching:  # joined with the requests of this loop turn (batching.py)
+        elif may_batch and repo.batching:  # joined with this loop turn's (batching.py)
             if model.batcher is None:
                 model.batcher = Batcher(model.run, max_elements=THREAD_THRESHOLD)
             result = await model.batcher.submit(x)

@@ -234,7 +234,8 @@ class RestApi:
                                           model.version, self.limits)
         else:
             req = decode_infer(body, header_length, name, model.version, self.limits)
-        _, resp = await execute(self.repo, req, max_rows=self.limits.max_rows)
+        _, resp = await execute(self.repo, req, max_rows=self.limits.max_rows,
+                                may_batch=True)
         encode_started = time.perf_counter()
         response = encode_infer(resp)
         observe_phases(resp, time.perf_counter() - encode_started)
@@ -254,7 +255,8 @@ class RestApi:
         req = InferRequest(model_name=model.name, model_version=model.version, inputs=[
             InputTensor(name=model.card.inputs[0].name, datatype="FP64",
                         shape=list(rows.shape), array=rows)])
-        _, resp = await execute(self.repo, req, max_rows=self.limits.max_rows)
+        _, resp = await execute(self.repo, req, max_rows=self.limits.max_rows,
+                                may_batch=True)
         encode_started = time.perf_counter()
         response = JSONResponse(records_response(model, resp))
         observe_phases(resp, time.perf_counter() - encode_started)

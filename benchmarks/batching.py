@@ -283,7 +283,10 @@ def live_report(rows: list[dict[str, Any]], levels: list[int]) -> str:
     by = {(r["model"], r["target"], r["level"]): r for r in rows}
     lines = ["Live, two real modelrail servers (one worker each: `MODELRAIL_BATCHING=off` and "
              "`adaptive`), one-row requests, the serving benchmark's load generator on the "
-             "same 2 cores, median of interleaved rounds: adaptive ÷ off.", "",
+             "same 2 cores, median of interleaved rounds: adaptive ÷ off. Only REST "
+             "requests are batched (gRPC's batches were of one: grpc.aio hands the loop one "
+             "call per turn), so the gRPC rows run the same code on both servers: their "
+             "spread is this comparison's noise.", "",
              "| model | protocol | " + " | ".join(f"req/s c={c}" for c in levels)
              + " | p50 latency c=1 |", "|---|---|" + "---|" * len(levels) + "---|"]
     for model in dict.fromkeys(r["model"] for r in rows):

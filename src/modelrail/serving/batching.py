@@ -6,13 +6,14 @@ adds no latency. Each request is validated alone before it joins (inference.prep
 a bad request is refused on its own and never reaches a batch. If a joined call fails, each
 request is run alone, so only a request that fails by itself gets an error.
 
-Measured in BENCHMARKS.md (benchmarks/batching.py, two live servers side by side): on REST
-under concurrent load (several requests ready per loop turn) it bought 5-20 % more requests
-per second on the tree models and nothing measurable on the small pipeline; on gRPC it
-cost 9-16 % (grpc.aio hands the loop one call per turn: batches of one, the future pure
-overhead), so only the REST adapter offers its requests (execute's `may_batch`). Off by
-default: the gain is within reach of the noise on these 2 cores, and a batch shares its
-onnxruntime time between its requests in the statistics.
+Measured in BENCHMARKS.md (benchmarks/batching.py): in process, one call for a loop turn's
+rows saves at most 4-5 µs of CPU per request on the example models (onnxruntime answers
+one row in ~6 µs and 64 rows in 8-47 µs), against ~340 µs a request costs the server; two
+live servers side by side measured 0.86-1.22x on REST, inside the 0.92-1.12x that identical
+code showed on gRPC in the same run. No measurable win on these models, so it is off by
+default; it is for models whose per-call cost dominates a request. gRPC never batches:
+grpc.aio hands the loop one call per turn, so its batches were of one (first A/B: 0.84-1.08x)
+and only the REST adapter offers its requests (execute's `may_batch`).
 """
 
 from __future__ import annotations

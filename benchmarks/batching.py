@@ -5,12 +5,13 @@ Measured in one process, on the event loop a serving worker runs, so the figures
 best case batching could ever reach (no HTTP or gRPC cost diluting them):
 
   - direct: each request runs its own session.run, as `inference.execute` does;
-  - batched, next turn: requests queue their (already validated) rows; one flush per event
-    loop turn runs everything queued as one session.run and hands each request its rows
-    (adaptive: no waiting window, the batch is whatever arrived meanwhile — Triton's
-    dynamic batcher with a zero queue delay);
-  - batched, 1 ms window: the same, flushed 1 ms after the first row queued (BentoML's and
-    Triton's usual setting), or at 64 rows.
+  - batched, next turn: modelrail's own batcher (serving/batching.py, what
+    MODELRAIL_BATCHING=adaptive runs): one flush per event loop turn runs everything
+    queued as one session.run and hands each request its rows (no waiting window, the
+    batch is whatever arrived meanwhile — Triton's dynamic batcher with a zero queue delay);
+  - batched, 1 ms window: the same batcher flushed 1 ms after the first row queued
+    (BentoML's and Triton's usual setting).
+  Calls hold at most 64 of these one-row requests.
 
 Every request's answer from a batch is checked against its own direct answer first. The
 report puts the saving per request next to what a request costs modelrail's server (from
@@ -49,48 +50,22 @@ os.environ["ORT_DISABLE_TELEMETRY"] = "1"
 import numpy as np  # noqa: E402
 
 from benchmarks.sections import write_section  # noqa: E402
+from modelrail.serving.batching import Batcher  # noqa: E402
 
 Run = Callable[[np.ndarray], np.ndarray]
 
 
-class Batcher:
-    """Rows from concurrent requests joined into one call; `window` None flushes on the
-    loop's next turn, else `window` seconds after the first row queued (or at `max_rows`)."""
+class WindowBatcher(Batcher):
+    """modelrail's batcher (serving/batching.py), flushed `window` seconds after the first
+    request queued instead of on the loop's next turn."""
 
-    def __init__(self, run: Run, *, window: float | None, max_rows: int = 64) -> None:
-        self.run = run
+    def __init__(self, run: Callable[[np.ndarray], dict[str, np.ndarray]], *,
+                 max_elements: int, window: float) -> None:
+        super().__init__(run, max_elements=max_elements)
         self.window = window
-        self.max_rows = max_rows
-        self.pending: list[tuple[np.ndarray, asyncio.Future[np.ndarray]]] = []
-        self.rows = 0
-        self.timer: asyncio.Handle | None = None
-        self.batches: list[int] = []
 
-    async def submit(self, x: np.ndarray) -> np.ndarray:
-        loop = asyncio.get_running_loop()
-        fut: asyncio.Future[np.ndarray] = loop.create_future()
-        self.pending.append((x, fut))
-        self.rows += len(x)
-        if self.rows >= self.max_rows:
-            self.flush()
-        elif self.timer is None:
-            self.timer = (loop.call_soon(self.flush) if self.window is None
-                          else loop.call_later(self.window, self.flush))
-        return await fut
-
-    def flush(self) -> None:
-        if self.timer is not None:
-            self.timer.cancel()
-            self.timer = None
-        pending, self.pending, self.rows = self.pending, [], 0
-        if not pending:
-            return
-        out = self.run(np.concatenate([x for x, _ in pending]))
-        self.batches.append(len(pending))
-        at = 0
-        for x, fut in pending:
-            fut.set_result(out[at:at + len(x)])
-            at += len(x)
+    def _schedule(self, loop: asyncio.AbstractEventLoop) -> None:
+        loop.call_later(self.window, self.flush)
 
 
 async def drive(submit: Callable[[np.ndarray], Any], inputs: list[np.ndarray],
@@ -120,14 +95,26 @@ def measure(run: Run, inputs: list[np.ndarray], concurrency: int,
         await asyncio.sleep(0)  # a server yields between requests; so does this
         return out
 
-    batcher = None
+    calls = 0
+
+    def counted(x: np.ndarray) -> dict[str, np.ndarray]:
+        nonlocal calls
+        calls += 1
+        return {"out": run(x)}
+
     if mode == "direct":
         submit: Callable[[np.ndarray], Any] = direct
     else:
-        batcher = Batcher(run, window=None if mode == "next turn" else 0.001)
-        submit = batcher.submit
+        # modelrail's own batcher; at most 64 of these one-row requests per call
+        limit = 64 * inputs[0].size
+        batcher = (Batcher(counted, max_elements=limit) if mode == "next turn"
+                   else WindowBatcher(counted, max_elements=limit, window=0.001))
+
+        async def submit(x: np.ndarray) -> np.ndarray:
+            return (await batcher.submit(x))["out"]
+
     cpu, wall, answers = asyncio.run(drive(submit, inputs, concurrency))
-    mean_batch = statistics.fmean(batcher.batches) if batcher and batcher.batches else 1.0
+    mean_batch = len(inputs) / calls if calls else 1.0
     return cpu / len(inputs), wall / len(inputs), answers, mean_batch
 
 
@@ -252,9 +239,9 @@ def report(results: list[dict[str, Any]], minutes: float) -> str:
              f"{os.cpu_count()} cores, {minutes:.1f} min). In one process on one event loop: "
              "single-row requests from concurrent clients, each answered by its own "
              "session.run (direct, what modelrail does) or joined with the others queued "
-             "(next turn: flushed on the loop's next turn; 1 ms window: flushed 1 ms after "
-             "the first, or at 64 rows). Every batched answer was checked against the "
-             "request's own. Median of interleaved rounds.", "",
+             "(modelrail's batcher; next turn: flushed on the loop's next turn; 1 ms window: "
+             "flushed 1 ms after the first; at most 64 requests per call). Every batched "
+             "answer was checked against the request's own. Median of interleaved rounds.", "",
              "CPU µs per request is what a server would spend; wall µs per request (in "
              "brackets) also counts the time batches wait, which the clients feel.", "",
              "| model | onnxruntime per call: 1 row / 64 rows (per row) | clients | direct "

@@ -45,8 +45,12 @@ class Batcher:
         self.pending.append((x, future))
         if not self.scheduled:
             self.scheduled = True
-            loop.call_soon(self.flush)
+            self._schedule(loop)
         return await future
+
+    def _schedule(self, loop: asyncio.AbstractEventLoop) -> None:
+        """When the queued rows run: on the loop's next turn (no waiting window)."""
+        loop.call_soon(self.flush)
 
     def flush(self) -> None:
         self.scheduled = False

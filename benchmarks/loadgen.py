@@ -20,8 +20,10 @@ import grpc
 
 @dataclass
 class Result:
-    requests: int = 0
+    requests: int = 0  # answered inside the measured window
     errors: int = 0
+    completed: int = 0  # every call answered, warm-up included (for cost per request)
+    server_cpu_s: float | None = None  # the server's CPU over the whole run, if the caller read it
     latencies: list[float] = field(default_factory=list)
     seconds: float = 0.0
 
@@ -80,6 +82,7 @@ async def run_http(host: str, port: int, request: bytes, *, concurrency: int,
                     writer.close()
                     reader, writer = await asyncio.open_connection(host, port)
                 t1 = time.perf_counter()
+                result.completed += 1
                 if t0 >= measure_from and t1 <= stop_at:
                     result.requests += 1
                     result.errors += 0 if ok else 1
@@ -117,6 +120,7 @@ async def run_grpc(target: str, method: str, payload: bytes, *, concurrency: int
                 except grpc.aio.AioRpcError:
                     ok = False
                 t1 = time.perf_counter()
+                result.completed += 1
                 if t0 >= measure_from and t1 <= stop_at:
                     result.requests += 1
                     result.errors += 0 if ok else 1

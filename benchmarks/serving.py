@@ -201,6 +201,7 @@ class Target:
     check: str = "same-graph"  # "same-graph" (ONNX) | "parity" (scikit-learn) | "echo"
     method: str = GRPC_INFER
     channels: int = 1  # gRPC channels; 0 = one per closed-loop client (like HTTP)
+    pid: int = 0  # the server's first process: its tree's CPU is read around each cell
 
 
 @dataclass
@@ -474,7 +475,34 @@ def check_answers(case: Case, targets: list[Target]) -> list[str]:
 
 # --- measuring ----------------------------------------------------------------------------
 
+def tree_cpu_seconds(pid: int) -> float:
+    """User + system CPU of `pid` and every live process descended from it (a server's
+    workers, inference processes and threads included; BentoML's workers run in sessions
+    of their own, so the tree is followed, not the session)."""
+    stats: dict[int, tuple[int, int]] = {}  # pid -> (parent, ticks)
+    for entry in os.scandir("/proc"):
+        if not entry.name.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry.name}/stat", "rb") as f:
+                fields = f.read().rsplit(b")", 1)[1].split()
+        except OSError:  # ended meanwhile
+            continue
+        # after the name: state, ppid, ..., utime (14th field) and stime (15th) (man 5 proc)
+        stats[int(entry.name)] = (int(fields[1]), int(fields[11]) + int(fields[12]))
+    children: dict[int, list[int]] = {}
+    for child, (parent, _) in stats.items():
+        children.setdefault(parent, []).append(child)
+    ticks, todo = 0, [pid]
+    while todo:
+        p = todo.pop()
+        ticks += stats.get(p, (0, 0))[1]
+        todo += children.get(p, [])
+    return ticks / os.sysconf("SC_CLK_TCK")
+
+
 def measure_once(t: Target, c: int, warmup: float, duration: float) -> Result:
+    cpu_before = tree_cpu_seconds(t.pid) if t.pid else None
     if t.kind == "http":
         port, path = t.address
         request = http_request("127.0.0.1", port, path, t.payload)
@@ -484,6 +512,8 @@ def measure_once(t: Target, c: int, warmup: float, duration: float) -> Result:
         res = asyncio.run(run_grpc(t.address, t.method, t.payload, concurrency=c,
                                    warmup=warmup, duration=duration,
                                    channels=t.channels or c))
+    if cpu_before is not None:
+        res.server_cpu_s = tree_cpu_seconds(t.pid) - cpu_before
     if res.errors:
         raise RuntimeError(f"{t.name} ×{t.workers}: {res.errors} errors at concurrency {c}")
     return res
@@ -513,7 +543,7 @@ def plan(cases: list[Case], servers: list[Server], worker_level: int) -> list[li
     for case in cases:
         cells: list[Cell] = []
         for s in servers:
-            for t in s.targets(case):
+            for t in (replace(t, pid=s.proc.pid) for t in s.targets(case)):
                 if t.workers == 1:
                     cells += [Cell(case, t, c) for c in case.levels]
                 if len(counts) > 1 and s.label != "echo" and t.name != "KServe gRPC":
@@ -695,13 +725,18 @@ def versions(peers: list[str]) -> dict[str, str]:
 
 
 def _median_results(rs: list[Result]) -> dict[str, float]:
+    """Medians over the rounds; `cpu_us`: the server's CPU per answered call (warm-up and
+    connection set-up included), when it was read for every round."""
     return _median_dicts([{"rps": r.throughput, "p50_ms": r.percentile(0.5) * 1000,
-                           "p99_ms": r.percentile(0.99) * 1000, "requests": r.requests}
+                           "p99_ms": r.percentile(0.99) * 1000, "requests": r.requests,
+                           **({"cpu_us": r.server_cpu_s / r.completed * 1e6}
+                              if r.server_cpu_s is not None and r.completed else {})}
                           for r in rs])
 
 
 def _median_dicts(ds: list[dict[str, float]]) -> dict[str, float]:
-    return {k: float(statistics.median(d[k] for d in ds)) for k in ds[0]}
+    return {k: float(statistics.median(d[k] for d in ds)) for k in ds[0]
+            if all(k in d for d in ds)}
 
 
 # --- the BENCHMARKS.md section ------------------------------------------------------------
@@ -771,6 +806,23 @@ def _summary(main: dict[tuple[str, str, int], Any], levels: dict[str, list[int]]
                 lat = f" ({_x(a1['p50_ms'], b1['p50_ms'])})" if a1 and b1 else ""
                 row.append(_x(a["rps"], b["rps"]) + lat if a and b else "–")
         lines.append("| " + " | ".join(row) + " |")
+    lines += ["", "Server CPU per request at the same concurrency: peer ÷ modelrail (the peer's "
+              "user + system CPU, all its processes and threads, per answered call, divided by "
+              "modelrail's; how many requests modelrail answers with the CPU one of the peer's "
+              "costs, whoever gets the cores).", "",
+              "| case | " + " | ".join(f"{o} ÷ {p}" for p, others in VERSUS.items()
+                                     for o in others) + " |",
+              "|---" * (1 + sum(len(v) for v in VERSUS.values())) + "|"]
+    for case, case_levels in levels.items():
+        top = case_levels[-1]
+        row = [f"{case} c={top}"]
+        for proto, others in VERSUS.items():
+            a = main.get((case, f"modelrail {proto}", top), {})
+            for other in others:
+                b = main.get((case, other, top), {})
+                row.append(_x(b["cpu_us"], a["cpu_us"]) if "cpu_us" in a and "cpu_us" in b
+                           else "–")
+        lines.append("| " + " | ".join(row) + " |")
     return lines
 
 
@@ -782,23 +834,26 @@ def _case_section(case: str, model: dict[str, Any], case_levels: list[int],
     lines = ["", f"### `{model['ref']}` ({model['estimator']}), {batch} "
                  f"row{'s' if batch > 1 else ''} per request", "",
              "| target | " + " | ".join(f"req/s c={c}" for c in case_levels)
-             + " | p50 ms c=1 | p99 ms c=1 |" + (f" p99 ms c={high} |" if high else ""),
-             "|---" * (len(case_levels) + 3 + bool(high)) + "|"]
+             + " | p50 ms c=1 | p99 ms c=1 |" + (f" p99 ms c={high} |" if high else "")
+             + f" server CPU µs/req c={case_levels[-1]} |",
+             "|---" * (len(case_levels) + 4 + bool(high)) + "|"]
     if floor:
         lines.append(f"| onnxruntime in-process | {floor['rps']:.0f} | "
                      + "– | " * (len(case_levels) - 1)
                      + f"{floor['p50_ms']:.3f} | {floor['p99_ms']:.3f} |"
-                     + (" – |" if high else ""))
+                     + (" – |" if high else "") + f" {floor['p50_ms'] * 1000:.0f} |")
     for name in ORDER:
         by = {c: main[(case, name, c)] for c in case_levels if (case, name, c) in main}
         if not by:
             continue
         one, top = by.get(1), by.get(high) if high else None
+        last = by.get(case_levels[-1], {})
         lines.append(f"| {name} | "
                      + " | ".join(f"{by[c]['rps']:.0f}" if c in by else "–" for c in case_levels)
                      + (f" | {one['p50_ms']:.3f} | {one['p99_ms']:.3f} |" if one
                         else " | – | – |")
-                     + ((f" {top['p99_ms']:.3f} |" if top else " – |") if high else ""))
+                     + ((f" {top['p99_ms']:.3f} |" if top else " – |") if high else "")
+                     + (f" {last['cpu_us']:.0f} |" if "cpu_us" in last else " – |"))
     lines += ["", "Ratios (modelrail ÷ peer; throughput higher is better, latency lower is "
                   "better):", ""]
     for proto, others in VERSUS.items():

@@ -790,39 +790,39 @@ def _intro(results: dict[str, Any]) -> list[str]:
 
 def _summary(main: dict[tuple[str, str, int], Any], levels: dict[str, list[int]],
              ) -> list[str]:
-    lines = ["Summary, one worker each: modelrail ÷ peer, throughput at the case's highest "
-             "concurrency (p50 latency at c=1 in brackets; throughput higher and latency "
-             "lower is better).", "",
-             "| case | " + " | ".join(f"{p} ÷ {o}" for p, others in VERSUS.items()
-                                     for o in others) + " |",
-             "|---" * (1 + sum(len(v) for v in VERSUS.values())) + "|"]
+    def throughput(case: str, top: int, proto: str, other: str) -> str:
+        a, b = main.get((case, f"modelrail {proto}", top)), main.get((case, other, top))
+        a1, b1 = main.get((case, f"modelrail {proto}", 1)), main.get((case, other, 1))
+        lat = f" ({_x(a1['p50_ms'], b1['p50_ms'])})" if a1 and b1 else ""
+        return _x(a["rps"], b["rps"]) + lat if a and b else "–"
+
+    def cpu(case: str, top: int, proto: str, other: str) -> str:
+        a = main.get((case, f"modelrail {proto}", top), {})
+        b = main.get((case, other, top), {})
+        return _x(b["cpu_us"], a["cpu_us"]) if "cpu_us" in a and "cpu_us" in b else "–"
+
+    speed = _versus_table(
+        "Summary, one worker each: modelrail ÷ peer, throughput at the case's highest "
+        "concurrency (p50 latency at c=1 in brackets; throughput higher and latency lower is "
+        "better).", lambda p, o: f"{p} ÷ {o}", levels, throughput)
+    cost = _versus_table(
+        "Server CPU per request at the same concurrency: peer ÷ modelrail (the peer's user + "
+        "system CPU, all its processes and threads, per answered call, divided by modelrail's; "
+        "how many requests modelrail answers with the CPU one of the peer's costs, whoever "
+        "gets the cores).", lambda p, o: f"{o} ÷ {p}", levels, cpu)
+    return [*speed, "", *cost]
+
+
+def _versus_table(intro: str, heading: Callable[[str, str], str], levels: dict[str, list[int]],
+                  cell: Callable[[str, int, str, str], str]) -> list[str]:
+    """One row per case at its highest concurrency, one column per (protocol, peer)."""
+    pairs = [(p, o) for p, others in VERSUS.items() for o in others]
+    lines = [intro, "", "| case | " + " | ".join(heading(p, o) for p, o in pairs) + " |",
+             "|---" * (1 + len(pairs)) + "|"]
     for case, case_levels in levels.items():
         top = case_levels[-1]
-        row = [f"{case} c={top}"]
-        for proto, others in VERSUS.items():
-            for other in others:
-                a, b = main.get((case, f"modelrail {proto}", top)), main.get((case, other, top))
-                a1, b1 = main.get((case, f"modelrail {proto}", 1)), main.get((case, other, 1))
-                lat = f" ({_x(a1['p50_ms'], b1['p50_ms'])})" if a1 and b1 else ""
-                row.append(_x(a["rps"], b["rps"]) + lat if a and b else "–")
-        lines.append("| " + " | ".join(row) + " |")
-    lines += ["", "Server CPU per request at the same concurrency: peer ÷ modelrail (the peer's "
-              "user + system CPU, all its processes and threads, per answered call, divided by "
-              "modelrail's; how many requests modelrail answers with the CPU one of the peer's "
-              "costs, whoever gets the cores).", "",
-              "| case | " + " | ".join(f"{o} ÷ {p}" for p, others in VERSUS.items()
-                                     for o in others) + " |",
-              "|---" * (1 + sum(len(v) for v in VERSUS.values())) + "|"]
-    for case, case_levels in levels.items():
-        top = case_levels[-1]
-        row = [f"{case} c={top}"]
-        for proto, others in VERSUS.items():
-            a = main.get((case, f"modelrail {proto}", top), {})
-            for other in others:
-                b = main.get((case, other, top), {})
-                row.append(_x(b["cpu_us"], a["cpu_us"]) if "cpu_us" in a and "cpu_us" in b
-                           else "–")
-        lines.append("| " + " | ".join(row) + " |")
+        lines.append("| " + " | ".join([f"{case} c={top}"]
+                                       + [cell(case, top, p, o) for p, o in pairs]) + " |")
     return lines
 
 
